@@ -1,0 +1,35 @@
+# Two commands from a fresh clone: `make demo` and `make test` (both install first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed-stamp
+
+# Telemetry off and no hub downloads, for every command below and the stage commands DVC runs.
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+# One local Prefect server for the whole pipeline run (see flows/local_server.py).
+demo: install
+	$(BIN)/python -m flows.local_server dvc repro
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/ingest_scale.py
+
+clean:
+	rm -rf $(VENV) .prefect

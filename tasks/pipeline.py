@@ -1,0 +1,34 @@
+"""Running the DVC pipeline through DVC's API, so runs started from Prefect stay versioned."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dvc.repo import Repo
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def param_overrides(set_params: Mapping[str, Any]) -> list[str]:
+    """{"data.source": "table", "llm.base_urls": [...]} -> ["data.source=table", 'llm.base_urls=[...]'] (dvc -S)."""
+    return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in set_params.items()]
+
+
+def reproduce(stage: str, set_params: Mapping[str, Any] | None = None,
+              project_dir: str | Path = PROJECT_DIR) -> dict[str, Any]:
+    """`dvc repro STAGE`, or `dvc exp run STAGE -S key=value ...` when parameters are overridden.
+
+    Stage commands run `python -m flows.<stage>`: put this interpreter first on PATH so they use this
+    environment even when it was never activated.
+    """
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    with Repo(str(project_dir)) as repo:
+        if set_params:
+            experiments = repo.experiments.run(targets=[stage], params=param_overrides(set_params))
+            return {"experiments": sorted(experiments.values()), "params": dict(set_params)}
+        reproduced = repo.reproduce(stage)
+        return {"reproduced": [s.addressing for s in reproduced]}

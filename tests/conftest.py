@@ -1,0 +1,54 @@
+"""Test-session environment: offline, telemetry off, a private PREFECT_HOME, one Prefect test server."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.update({
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "PREFECT_HOME": tempfile.mkdtemp(prefix="actprompt-prefect-"),
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # Temporary git repos commit (DVC experiments too): no identity may be configured on CI.
+    "GIT_AUTHOR_NAME": "ActPrompt tests", "GIT_AUTHOR_EMAIL": "tests@actprompt.invalid",
+    "GIT_COMMITTER_NAME": "ActPrompt tests", "GIT_COMMITTER_EMAIL": "tests@actprompt.invalid",
+})
+
+from prefect.settings import PREFECT_API_URL  # noqa: E402  (after the environment above)
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# What a fresh clone holds that the pipeline needs (no .venv, no artifacts).
+PROJECT_FILES = ["flows", "tasks", "model", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
+                 ".gitignore"]
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> str:
+    """One real Prefect server for the whole session (it takes ~12 s to start)."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    """A git repository holding a copy of the project, to run DVC and deployments in."""
+    root = tmp_path / "project"
+    for name in PROJECT_FILES:
+        source, target = REPO_ROOT / name, root / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
+        subprocess.run(command, cwd=root, check=True)
+    return root

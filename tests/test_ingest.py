@@ -1,0 +1,272 @@
+"""Stage `ingest` without Prefect: every source format, every bad-input case, and the accounting."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks import ingest, schemas
+from tasks.config import InputDataError
+from tests.conftest import SHARED_DATA
+from tests.images import write_image, write_truncated_jpeg
+
+FLICKR_SAMPLE = SHARED_DATA / "flickr30k_test_captions_sample.tsv"
+
+
+def config(**data) -> ingest.IngestConfig:
+    demo = data.pop("demo", {"n_images": 30})
+    return ingest.IngestConfig.from_params({"data": {"on_bad_image": "fail", **data, "demo": demo}})
+
+
+def run(tmp_path: Path, cfg: ingest.IngestConfig) -> ingest.IngestResult:
+    return ingest.run(cfg, demo_image_dir=tmp_path / "out" / "demo_images",
+                      captions_path=tmp_path / "out" / "captions.parquet",
+                      triplets_path=tmp_path / "out" / "true_triplets.parquet",
+                      report_path=tmp_path / "out" / "ingest.json")
+
+
+def report(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "out" / "ingest.json").read_text())
+
+
+def assert_accounted(result: ingest.IngestResult) -> None:
+    counts = result.report["captions"]
+    assert counts["input"] == counts["kept"] + counts["dropped"]
+    assert counts["dropped"] == counts["dropped_bad_caption"] + counts["dropped_bad_image"]
+    assert counts["kept"] == len(result.captions)
+
+
+def karpathy_file(path: Path, images: list[dict]) -> Path:
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}), encoding="utf-8")
+    return path
+
+
+def karpathy_image(filename: str, split: str, sentids: list[int], filepath: str | None = "val2014") -> dict:
+    image = {"filename": filename, "split": split, "sentids": sentids,
+             "sentences": [{"raw": f"A dog runs number {i} .", "sentid": i} for i in sentids]}
+    if filepath:
+        image["filepath"] = filepath
+    return image
+
+
+# ---------------------------------------------------------------- sources
+
+def test_real_flickr30k_captions_as_a_table_are_split_by_image(tmp_path):
+    frame = pd.read_csv(FLICKR_SAMPLE, sep="\t", quoting=3, dtype=str)
+    for name in frame["image"].unique():
+        write_image(tmp_path / "images" / name)
+    result = run(tmp_path, config(source="table", annotations=str(FLICKR_SAMPLE), image_root=str(tmp_path / "images"),
+                                  val_fraction=0.1, test_fraction=0.2, seed=3))
+
+    captions = schemas.read(tmp_path / "out" / "captions.parquet", schemas.CAPTIONS)
+    assert len(captions) == 500 and captions["image_id"].nunique() == 100
+    assert captions.groupby("image_id")["split"].nunique().max() == 1  # no image straddles two splits
+    images_per_split = captions.groupby("split")["image_id"].nunique().to_dict()
+    assert images_per_split == {"train": 70, "val": 10, "test": 20}
+    assert captions["caption"].tolist() == frame["caption"].str.strip().tolist()  # text kept, order kept
+    assert captions["caption_id"].iloc[:2].tolist() == ["1007129816.jpg#0", "1007129816.jpg#1"]
+    assert captions["image_path"].iloc[0] == str(tmp_path / "images" / "1007129816.jpg")
+    assert result.report["captions_per_image"] == {"5": 100}
+    assert result.report["problems"] == []
+    assert_accounted(result)
+
+    again = run(tmp_path, config(source="table", annotations=str(FLICKR_SAMPLE), image_root=str(tmp_path / "images"),
+                                 val_fraction=0.1, test_fraction=0.2, seed=3))
+    assert again.captions["split"].tolist() == captions["split"].tolist()  # seeded
+
+
+def test_karpathy_json_streams_and_maps_restval_to_train(tmp_path):
+    images = [karpathy_image("a.jpg", "train", [1, 2]), karpathy_image("b.jpg", "restval", [3]),
+              karpathy_image("c.jpg", "val", [4]), karpathy_image("d.jpg", "test", [5, 6])]
+    for image in images:
+        write_image(tmp_path / "coco" / "val2014" / image["filename"])
+    annotations = karpathy_file(tmp_path / "dataset_coco.json", images)
+    result = run(tmp_path, config(source="karpathy", annotations=str(annotations), image_root=str(tmp_path / "coco")))
+
+    captions = result.captions
+    assert captions["caption_id"].tolist() == ["1", "2", "3", "4", "5", "6"]
+    assert captions["split"].tolist() == ["train", "train", "train", "val", "test", "test"]
+    assert captions["image_id"].iloc[0] == "val2014/a.jpg"
+    assert captions["caption"].iloc[0] == "A dog runs number 1 ."
+    assert result.report["splits"]["train"] == {"images": 2, "captions": 3}
+    assert result.report["annotations"]["sha256"]
+    assert_accounted(result)
+
+
+def test_lamp_txt_takes_the_split_from_params(tmp_path):
+    for name in ("x.jpg", "y.jpg"):
+        write_image(tmp_path / "img" / name)
+    annotations = tmp_path / "test.txt"
+    annotations.write_text("0*x.jpg*a man rides a horse\n1*x.jpg*a person on a horse\n2*y.jpg*two dogs play * fight\n")
+    result = run(tmp_path, config(source="lamp_txt", annotations=str(annotations), image_root=str(tmp_path / "img"),
+                                  split="val"))
+    assert result.captions["caption_id"].tolist() == ["0", "1", "2"]
+    assert result.captions["caption"].iloc[2] == "two dogs play * fight"  # only the first two '*' separate
+    assert set(result.captions["split"]) == {"val"}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_table_formats_with_split_and_ids(tmp_path, suffix):
+    rows = pd.DataFrame({"image": ["p.png", "p.png", "q.png"], "caption": ["one, two", "three", "four"],
+                         "split": ["train", "train", "test"], "caption_id": ["c1", "c2", "c3"]})
+    for name in ("p.png", "q.png"):
+        write_image(tmp_path / name, image_format="PNG")
+    annotations = tmp_path / f"captions{suffix}"
+    if suffix == ".csv":
+        rows.to_csv(annotations, index=False)
+    elif suffix == ".jsonl":
+        rows.to_json(annotations, orient="records", lines=True)
+    else:
+        rows.to_parquet(annotations)
+    result = run(tmp_path, config(source="table", annotations=str(annotations), image_root=str(tmp_path)))
+    assert result.captions[["caption_id", "caption", "split"]].values.tolist() == \
+        [["c1", "one, two", "train"], ["c2", "three", "train"], ["c3", "four", "test"]]
+
+
+def test_demo_source_writes_captions_images_and_true_triplets(tmp_path):
+    result = run(tmp_path, config(source="demo", demo={"n_images": 30, "image_size": 64}))
+    out = tmp_path / "out"
+    captions = schemas.read(out / "captions.parquet", schemas.CAPTIONS)
+    triplets = schemas.read(out / "true_triplets.parquet", schemas.TRUE_TRIPLETS)
+    assert len(captions) == 150 and set(captions["split"]) == {"train", "val", "test"}
+    assert sorted(triplets["caption_id"]) == sorted(captions["caption_id"])
+    assert len(list((out / "demo_images").glob("*.png"))) == 30
+    assert result.report["captions_per_image"] == {"5": 30}
+
+
+# ---------------------------------------------------------------- bad images
+
+def bad_image_table(tmp_path: Path) -> Path:
+    write_image(tmp_path / "img" / "good.jpg")
+    (tmp_path / "img" / "garbage.jpg").write_bytes(b"this is not an image")
+    write_truncated_jpeg(tmp_path / "img" / "truncated.jpg")
+    write_image(tmp_path / "img" / "tiny.jpg", size=(20, 200))
+    annotations = tmp_path / "captions.tsv"
+    annotations.write_text("image\tcaption\tsplit\n" + "".join(
+        f"{name}.jpg\ta caption of {name}\ttest\n" for name in ("good", "garbage", "truncated", "tiny", "missing", "good")))
+    return annotations
+
+
+def test_bad_images_fail_the_stage_naming_each_file_and_reason(tmp_path):
+    annotations = bad_image_table(tmp_path)
+    with pytest.raises(InputDataError) as failure:
+        run(tmp_path, config(source="table", annotations=str(annotations), image_root=str(tmp_path / "img")))
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "2 image: undecodable" in message  # counted by kind
+    for name, reason in (("missing.jpg", "missing"), ("garbage.jpg", "undecodable"),
+                         ("truncated.jpg", "undecodable"), ("tiny.jpg", "too small (20x200 px")):
+        assert f"{tmp_path / 'img' / name}: {reason}" in message
+    assert "good.jpg" not in message
+    assert "data.on_bad_image" in message
+    assert report(tmp_path)["failure"] == message
+    assert not (tmp_path / "out" / "captions.parquet").exists()
+
+
+def test_bad_images_skipped_are_listed_and_accounted(tmp_path):
+    annotations = bad_image_table(tmp_path)
+    result = run(tmp_path, config(source="table", annotations=str(annotations), image_root=str(tmp_path / "img"),
+                                  on_bad_image="skip"))
+    assert result.captions["image_id"].tolist() == ["good.jpg", "good.jpg"]
+    listed = {Path(p["file"]).name: p["reason"] for p in report(tmp_path)["problems"]}
+    assert set(listed) == {"garbage.jpg", "truncated.jpg", "tiny.jpg", "missing.jpg"}
+    assert result.report["problem_counts"] == {"image: missing": 1, "image: too small": 1, "image: undecodable": 2}
+    assert result.report["captions"]["dropped_bad_image"] == 4
+    assert_accounted(result)
+
+
+# ---------------------------------------------------------------- bad captions
+
+def test_bad_captions_fail_naming_file_row_and_reason(tmp_path):
+    for name in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / name)
+    annotations = tmp_path / "test.txt"
+    annotations.write_bytes(b"0*a.jpg*a dog runs\n1*a.jpg*   \n0*b.jpg*a cat sleeps\n2*b.jpg*caf\xe9 au lait\n"
+                            b"no separators here\n3*b.jpg*a cat\n")
+    with pytest.raises(InputDataError) as failure:
+        run(tmp_path, config(source="lamp_txt", annotations=str(annotations), image_root=str(tmp_path)))
+    message = str(failure.value)
+    assert f"{annotations} line 2: empty or whitespace-only caption" in message
+    assert f"{annotations} line 3: duplicate caption_id '0'" in message
+    assert f"{annotations} line 4: not valid UTF-8" in message
+    assert f"{annotations} line 5: expected 'idx*image_path*caption'" in message
+    assert "data.on_bad_caption" in message
+
+
+def test_bad_captions_skipped_keep_the_rest_and_account_for_every_row(tmp_path):
+    for name in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / name)
+    annotations = tmp_path / "captions.tsv"
+    annotations.write_bytes(b"image\tcaption\tsplit\na.jpg\ta dog runs\ttrain\na.jpg\t \ttrain\n"
+                            b"b.jpg\tna\xefve\ttest\nb.jpg\ta cat\tholdout\nb.jpg\ta cat sleeps\ttest\n")
+    result = run(tmp_path, config(source="table", annotations=str(annotations), image_root=str(tmp_path),
+                                  on_bad_caption="skip"))
+    assert result.captions["caption"].tolist() == ["a dog runs", "a cat sleeps"]
+    problems = {p["row"]: p["reason"] for p in result.report["problems"]}
+    assert problems["line 3"] == "empty or whitespace-only caption"
+    assert problems["line 4"].startswith("not valid UTF-8")
+    assert problems["line 5"].startswith("unknown split 'holdout'")
+    assert result.report["captions"] == {"input": 5, "kept": 2, "dropped": 3, "dropped_bad_caption": 3,
+                                         "dropped_bad_image": 0}
+    assert_accounted(result)
+
+
+def test_non_utf8_bytes_inside_karpathy_json_name_the_caption(tmp_path):
+    write_image(tmp_path / "val2014" / "a.jpg")
+    annotations = karpathy_file(tmp_path / "dataset.json", [karpathy_image("a.jpg", "test", [7, 8])])
+    annotations.write_bytes(annotations.read_bytes().replace(b"number 8", b"n\xffmber 8"))
+    result = run(tmp_path, config(source="karpathy", annotations=str(annotations), image_root=str(tmp_path),
+                                  on_bad_caption="skip"))
+    assert result.captions["caption_id"].tolist() == ["7"]
+    [problem] = result.report["problems"]
+    assert problem == {"kind": "caption", "file": str(annotations), "row": "image index 0", "caption_id": "8",
+                       "reason": "not valid UTF-8"}
+
+
+def test_duplicate_karpathy_sentids_are_reported(tmp_path):
+    write_image(tmp_path / "val2014" / "a.jpg")
+    write_image(tmp_path / "val2014" / "b.jpg")
+    annotations = karpathy_file(tmp_path / "dataset.json",
+                                [karpathy_image("a.jpg", "test", [1, 2]), karpathy_image("b.jpg", "test", [2])])
+    with pytest.raises(InputDataError, match=r"image index 1: duplicate caption_id '2'"):
+        run(tmp_path, config(source="karpathy", annotations=str(annotations), image_root=str(tmp_path)))
+
+
+def test_malformed_json_is_one_clear_error(tmp_path):
+    annotations = tmp_path / "dataset.json"
+    annotations.write_text('{"images": [{"filename": "a.jpg", ')
+    with pytest.raises(InputDataError, match=rf"{annotations}: not a valid Karpathy JSON file"):
+        run(tmp_path, config(source="karpathy", annotations=str(annotations)))
+
+
+def test_table_without_required_columns(tmp_path):
+    annotations = tmp_path / "captions.csv"
+    annotations.write_text("img,text\na.jpg,hello\n")
+    with pytest.raises(InputDataError, match=r"missing column\(s\) \['caption', 'image'\]; found \['img', 'text'\]"):
+        run(tmp_path, config(source="table", annotations=str(annotations)))
+
+
+# ---------------------------------------------------------------- params
+
+@pytest.mark.parametrize("data, expected", [
+    ({"source": "flickr"}, "data.source: 'flickr' is not one of demo, karpathy, table, lamp_txt"),
+    ({"source": "karpathy"}, "data.annotations: required for source 'karpathy'"),
+    ({"source": "karpathy", "annotations": "/nonexistent/dataset.json"}, "/nonexistent/dataset.json: file not found"),
+    ({"source": "table", "annotations": "params.yaml"}, "unknown table format"),
+    ({"on_bad_image": "ignore"}, "data.on_bad_image: 'ignore' is not one of fail, skip"),
+    ({"test_fraction": 0.6, "val_fraction": 0.5}, "together < 1"),
+    ({"sorce": "demo"}, "unknown keys in 'data': ['sorce']"),
+    ({"demo": {"n_images": 1}}, "data.demo: "),
+])
+def test_bad_params_are_named(tmp_path, data, expected):
+    with pytest.raises(InputDataError, match=None) as failure:
+        run(tmp_path, config(**data))
+    assert expected in str(failure.value)
+
+
+def test_check_images_reports_only_bad_ones(tmp_path):
+    good = write_image(tmp_path / "good.png", image_format="PNG")
+    verdicts = ingest.check_images([str(good), str(good), str(tmp_path / "nope.png")], min_side=32, workers=2)
+    assert verdicts == {str(tmp_path / "nope.png"): "missing"}

@@ -1,0 +1,145 @@
+"""Prefect and DVC for real: the ingest flow on a Prefect server, the DVC pipeline, the served deployment."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+
+from flows.ingest import ingest
+from tasks import paths, schemas
+from tasks.pipeline import param_overrides
+
+SMALL_DEMO = {"n_images": 24, "image_size": 48}
+
+
+def write_params(root: Path, **data) -> Path:
+    params = yaml.safe_load((Path(__file__).parent.parent / "params.yaml").read_text())
+    params["data"].update(data)
+    params["data"]["demo"].update(SMALL_DEMO)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root / "params.yaml"
+
+
+def commit_all(root: Path, message: str) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", message], cwd=root, check=True)
+
+
+def run(command: list[str], cwd: Path, api_url: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"PREFECT_API_URL": api_url, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+
+
+def test_ingest_flow_runs_on_a_prefect_server(prefect_api_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path)
+    state = ingest(params_file="params.yaml", return_state=True)
+    assert state.is_completed(), state.message
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        task_runs = client.read_task_runs()
+    assert flow_run.state.is_completed()
+    assert {run.name.rsplit("-", 1)[0] for run in task_runs if run.flow_run_id == flow_run.id} == \
+        {"check-images", "write-captions"}
+    captions = schemas.read(tmp_path / paths.CAPTIONS, schemas.CAPTIONS)
+    assert len(captions) == 5 * SMALL_DEMO["n_images"]
+    assert state.result() == {"input": 120, "kept": 120, "dropped": 0, "dropped_bad_caption": 0,
+                              "dropped_bad_image": 0}
+
+
+def test_failed_ingest_flow_exits_with_one_line_and_no_traceback(prefect_api_url, tmp_path):
+    annotations = tmp_path / "captions.tsv"
+    annotations.write_text("image\tcaption\nmissing.jpg\ta dog\n")
+    write_params(tmp_path, source="table", annotations=str(annotations))
+    finished = run([sys.executable, "-m", "flows.ingest"], tmp_path, prefect_api_url)
+    assert finished.returncode == 1
+    assert "Traceback" not in finished.stderr
+    last_line = finished.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ingest: ingest failed (1 image: missing): ")
+    assert f"{tmp_path}/missing.jpg: missing" in last_line
+
+
+def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_url, project):
+    write_params(project)
+    commit_all(project, "small demo")
+    first = run(["dvc", "repro"], project, prefect_api_url)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert "Running stage 'ingest'" in first.stdout
+    assert len(schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)) == 5 * SMALL_DEMO["n_images"]
+
+    second = run(["dvc", "repro"], project, prefect_api_url)
+    assert second.returncode == 0 and "Running stage" not in second.stdout
+    assert "didn't change" in second.stdout
+
+    write_params(project, min_image_side=16)
+    third = run(["dvc", "repro"], project, prefect_api_url)
+    assert third.returncode == 0 and "Running stage 'ingest'" in third.stdout
+
+
+def test_param_overrides_follow_dvc_set_param_syntax():
+    assert param_overrides({"data.source": "table", "data.demo.n_images": 30, "llm.base_urls": ["http://a/v1"]}) == \
+        ["data.source=table", "data.demo.n_images=30", 'llm.base_urls=["http://a/v1"]']
+
+
+def wait_for_deployment(name: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            try:
+                client.read_deployment_by_name(name)
+                return
+            except Exception:  # ObjectNotFound until `serve` has registered it
+                time.sleep(1)
+    raise TimeoutError(f"deployment {name} was not registered within {timeout_s} s")
+
+
+def test_served_deployment_runs_dvc(prefect_api_url, project):
+    write_params(project)
+    commit_all(project, "small demo")
+    server_env = os.environ | {"PREFECT_API_URL": prefect_api_url}
+    serve_log = project.parent / "serve.log"
+    with open(serve_log, "w") as log:
+        serving = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=project, env=server_env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_deployment("ingest-captions/default")
+        flow_run = run_deployment("ingest-captions/default", parameters={"project_dir": str(project)}, timeout=300)
+        assert flow_run.state.is_completed(), serve_log.read_text()[-3000:]
+        assert len(schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)) == 5 * SMALL_DEMO["n_images"]
+        assert "ingest:" in (project / "dvc.lock").read_text()  # versioned by DVC, not written around it
+        commit_all(project, "lock")
+
+        flow_run = run_deployment("ingest-captions/default", timeout=300,
+                                  parameters={"project_dir": str(project), "set_params": {"data.demo.n_images": 9}})
+        assert flow_run.state.is_completed(), serve_log.read_text()[-3000:]
+        assert len(schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)) == 45
+        experiments = subprocess.run(["dvc", "exp", "list", "--name-only"], cwd=project, capture_output=True,
+                                     text=True, check=True, env=server_env).stdout.split()
+        assert len(experiments) == 1
+    finally:
+        # Stop `serve` before the test server goes away, or it hangs pausing its deployments.
+        serving.terminate()
+        serving.wait(timeout=60)
+
+
+def test_local_server_serves_the_command_and_stops(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home")}
+    finished = subprocess.run(
+        [sys.executable, "-m", "flows.local_server", sys.executable, "-c",
+         "import os, urllib.request; url = os.environ['PREFECT_API_URL']; "
+         "print(url); print(urllib.request.urlopen(url + '/health').status)"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    api_url, status = finished.stdout.split()
+    assert api_url.startswith("http://127.0.0.1:") and status == "200"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(api_url + "/health", timeout=5)
