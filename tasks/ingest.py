@@ -6,6 +6,7 @@ with a one-line summary, after the report is written.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -71,6 +72,8 @@ class IngestConfig:
             raise InputDataError(f"params.yaml: unknown keys in 'data.demo': {unknown}")
         for key in ("annotations", "image_root"):
             data[key] = Path(data[key]) if data.get(key) else None
+        if data["image_root"] is None and data["annotations"] is not None:
+            data["image_root"] = data["annotations"].parent  # relative image paths: beside the annotations
         config = cls(**data, demo=DemoConfig(**demo))
         config.validate()
         return config
@@ -151,10 +154,9 @@ def _read_karpathy(config: IngestConfig) -> SourceRows:
     """Stream `images[]` of a Karpathy split file (Flickr30K: 31k images, COCO: 123k) without loading it whole."""
     columns: dict[str, list] = {name: [] for name in RAW_COLUMNS}
     source = SourceRows(frame=pd.DataFrame(), file=str(config.annotations), row_label="image index")
-    # Undecodable bytes become U+FFFD so the caption holding them can be named and dropped.
-    with open(config.annotations, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as text:
+    with open(config.annotations, "rb") as raw:
         try:
-            for index, image in enumerate(ijson.items(text, "images.item", use_float=True)):
+            for index, image in enumerate(ijson.items(_Utf8Repairing(raw), "images.item", use_float=True)):
                 relative = "/".join(part for part in (image.get("filepath"), image.get("filename")) if part)
                 if not relative or "sentences" not in image:
                     source.problems.append(source.caption_problem(index, "image entry without filename or sentences"))
@@ -174,6 +176,18 @@ def _read_karpathy(config: IngestConfig) -> SourceRows:
     frame["image_path"] = _resolve(config.image_root, frame["image_path"])
     source.frame = frame
     return source
+
+
+class _Utf8Repairing:
+    """A binary reader that turns invalid UTF-8 into U+FFFD, so the caption holding it can be named and dropped."""
+
+    def __init__(self, raw: io.BufferedReader):
+        self.raw = raw
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.raw.read(size)
+        return self.decoder.decode(chunk, final=not chunk).encode("utf-8")
 
 
 def _decoded_lines(path: Path, source: SourceRows) -> list[tuple[int, str]]:

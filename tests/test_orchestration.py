@@ -122,7 +122,7 @@ def test_served_deployment_runs_dvc(prefect_api_url, project):
                                   parameters={"project_dir": str(project), "set_params": {"data.demo.n_images": 9}})
         assert flow_run.state.is_completed(), serve_log.read_text()[-3000:]
         assert len(schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)) == 45
-        experiments = subprocess.run(["dvc", "exp", "list", "--name-only"], cwd=project, capture_output=True,
+        experiments = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project, capture_output=True,
                                      text=True, check=True, env=server_env).stdout.split()
         assert len(experiments) == 1
     finally:
