@@ -43,7 +43,7 @@ RAW_COLUMNS = ["image_id", "image_path", "caption_id", "caption", "split", "row"
 
 @dataclass(frozen=True)
 class DemoConfig:
-    n_images: int = 450
+    n_images: int = 480
     image_size: int = 64
     splits: Mapping[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
 
