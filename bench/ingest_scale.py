@@ -24,16 +24,18 @@ from tasks import ingest  # noqa: E402
 
 COCO_IMAGES = 123_287
 COCO_SIZE = (640, 480)
+LINKS_PER_FILE = 50_000
 
 
 def make_dataset(root: Path, n_images: int) -> Path:
     """One noisy real-size JPEG hard-linked under every file name (disk stays small, decoding cost is real)."""
     rng = np.random.default_rng(0)
-    master = root / "master.jpg"
-    Image.fromarray(rng.integers(0, 255, (*COCO_SIZE[::-1], 3), dtype=np.uint8)).save(master, quality=90)
     (root / "val2014").mkdir()
     images = []
     for index in range(n_images):
+        if index % LINKS_PER_FILE == 0:  # file systems cap the links to one inode (ext4: 65,000)
+            master = root / f"master{index // LINKS_PER_FILE}.jpg"
+            Image.fromarray(rng.integers(0, 255, (*COCO_SIZE[::-1], 3), dtype=np.uint8)).save(master, quality=90)
         name = f"COCO_val2014_{index:012d}.jpg"
         os.link(master, root / "val2014" / name)
         sentids = list(range(5 * index, 5 * index + 5))
