@@ -158,10 +158,13 @@ def _read_karpathy(config: IngestConfig) -> SourceRows:
         try:
             for index, image in enumerate(ijson.items(_Utf8Repairing(raw), "images.item", use_float=True)):
                 relative = "/".join(part for part in (image.get("filepath"), image.get("filename")) if part)
-                if not relative or "sentences" not in image:
-                    source.problems.append(source.caption_problem(index, "image entry without filename or sentences"))
+                sentences = image.get("sentences") or []
+                if not image.get("filename"):
+                    source.problems += [source.caption_problem(index, "image entry without filename",
+                                                               str(sentence.get("sentid")))
+                                        for sentence in sentences]
                     continue
-                for number, sentence in enumerate(image["sentences"]):
+                for number, sentence in enumerate(sentences):
                     columns["image_id"].append(relative)
                     columns["image_path"].append(relative)
                     columns["caption_id"].append(str(sentence.get("sentid", f"{relative}#{number}")))
@@ -303,7 +306,10 @@ def _caption_problems(frame: pd.DataFrame) -> pd.Series:
     reasons = pd.Series("", index=frame.index, dtype=object)
     reasons[frame["caption"] == ""] = "empty or whitespace-only caption"
     reasons[frame["caption"].str.contains("\ufffd", regex=False)] = "not valid UTF-8"
-    known_split = frame["split"].isna() | frame["split"].isin(list(SPLIT_ALIASES))
+    no_split = frame["split"].isna()
+    if not no_split.all():  # a split-less table is split by image later; a partly split one is an error
+        reasons[no_split] = "missing split"
+    known_split = no_split | frame["split"].isin(list(SPLIT_ALIASES))
     reasons[~known_split] = "unknown split '" + frame.loc[~known_split, "split"].astype(str) + \
         f"' (expected one of {', '.join(SPLIT_ALIASES)})"
     duplicate = frame["caption_id"].duplicated(keep="first")

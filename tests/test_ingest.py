@@ -213,6 +213,17 @@ def test_bad_captions_skipped_keep_the_rest_and_account_for_every_row(tmp_path):
     assert_accounted(result)
 
 
+def test_jsonl_rows_without_a_split_are_not_silently_resplit(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    annotations = tmp_path / "captions.jsonl"
+    annotations.write_text('{"image": "a.jpg", "caption": "a dog", "split": "test"}\n'
+                           '{"image": "a.jpg", "caption": "a cat"}\nnot json\n')
+    with pytest.raises(InputDataError) as failure:
+        run(tmp_path, config(source="table", annotations=str(annotations)))
+    assert f"{annotations} line 2: missing split" in str(failure.value)
+    assert f"{annotations} line 3: not a JSON object" in str(failure.value)
+
+
 def test_non_utf8_bytes_inside_karpathy_json_name_the_caption(tmp_path):
     write_image(tmp_path / "val2014" / "a.jpg")
     annotations = karpathy_file(tmp_path / "dataset.json", [karpathy_image("a.jpg", "test", [7, 8])])
@@ -223,6 +234,17 @@ def test_non_utf8_bytes_inside_karpathy_json_name_the_caption(tmp_path):
     [problem] = result.report["problems"]
     assert problem == {"kind": "caption", "file": str(annotations), "row": "image index 0", "caption_id": "8",
                        "reason": "not valid UTF-8"}
+
+
+def test_karpathy_image_without_filename_accounts_for_each_caption(tmp_path):
+    write_image(tmp_path / "val2014" / "a.jpg")
+    nameless = karpathy_image("", "test", [3, 4])
+    annotations = karpathy_file(tmp_path / "dataset.json", [karpathy_image("a.jpg", "test", [1, 2]), nameless])
+    result = run(tmp_path, config(source="karpathy", annotations=str(annotations), on_bad_caption="skip"))
+    assert [(p["caption_id"], p["reason"]) for p in result.report["problems"]] == \
+        [("3", "image entry without filename"), ("4", "image entry without filename")]
+    assert result.report["captions"]["input"] == 4
+    assert_accounted(result)
 
 
 def test_duplicate_karpathy_sentids_are_reported(tmp_path):
