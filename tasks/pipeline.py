@@ -25,7 +25,9 @@ def reproduce(stage: str, set_params: Mapping[str, Any] | None = None,
     Stage commands run `python -m flows.<stage>`: put this interpreter first on PATH so they use this
     environment even when it was never activated.
     """
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    interpreter_dir, search_path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
+    if search_path.split(os.pathsep)[0] != interpreter_dir:
+        os.environ["PATH"] = os.pathsep.join([interpreter_dir, search_path])
     with Repo(str(project_dir)) as repo:
         if set_params:
             experiments = repo.experiments.run(targets=[stage], params=param_overrides(set_params))
