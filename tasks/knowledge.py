@@ -1,0 +1,360 @@
+"""Stage `knowledge`: ask the LLM for action triplets (Q1) and a state description per triplet (Q2).
+
+Answers are appended to sharded JSONL files under data/interim/knowledge_raw/, keyed by
+(question, model, prompt version, caption text or triplet). They are the resume cache: a re-run, or a
+run after kill -9, asks only for keys that are missing; identical captions and triplets are asked once.
+The raw answers are judged again by the validate stage, with the same rules used here to decide on a re-ask.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from tasks import knowledge_rules as rules
+from tasks import paths
+from tasks.config import InputDataError, section
+from tasks.llm_clients import ChatBackend, LLMTransportError, OpenAIBackend, health_url, managed_server
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+BACKENDS = ("transformers", "openai")
+SHARDS = 16
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    command: str | None = None  # e.g. .venv-vllm/bin/vllm serve lmsys/vicuna-7b-v1.5 ... (see README)
+    startup_timeout_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    backend: str = "transformers"
+    model: str = "embedded:SmolLM2-135M-Instruct"
+    base_urls: tuple[str, ...] = ("http://127.0.0.1:8000/v1",)
+    api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself never enters params or logs
+    concurrency: int = 64
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    retry_backoff_s: float = 0.5  # first wait before a transport retry; doubles each time (with jitter)
+    max_attempts: int = 3
+    max_triplets: int = 4
+    max_new_tokens: int = 160
+    temperature: float = 0.0
+    structured_outputs: bool = True
+    prompt_version: str = "v1"
+    examples: str = "demo"
+    batch_size: int = 16
+    limit: int | None = None  # ask for the first N distinct captions only (the rest stay `empty`)
+    seed: int = 0
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> LLMConfig:
+        values = dict(section(params, "llm", set(cls.__dataclass_fields__)))
+        server = values.pop("server", None) or {}
+        unknown = sorted(set(server) - set(ServerConfig.__dataclass_fields__))
+        if unknown:
+            raise InputDataError(f"params.yaml: unknown keys in 'llm.server': {unknown}")
+        if isinstance(values.get("base_urls"), str):
+            values["base_urls"] = [values["base_urls"]]
+        values["base_urls"] = tuple(values.get("base_urls") or ())
+        config = cls(**values, server=ServerConfig(**server))
+        if config.backend not in BACKENDS:
+            raise InputDataError(f"params.yaml: llm.backend: '{config.backend}' is not one of {', '.join(BACKENDS)}")
+        if config.backend == "openai" and not config.base_urls:
+            raise InputDataError("params.yaml: llm.base_urls: at least one server URL is needed for backend openai")
+        for key in ("concurrency", "max_attempts", "max_triplets", "batch_size", "max_new_tokens"):
+            if getattr(config, key) < 1:
+                raise InputDataError(f"params.yaml: llm.{key}: must be >= 1")
+        return config
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """A versioned prompt file plus a data set's in-context examples; `version_id` names both and their content."""
+
+    text: dict[str, str]
+    examples: dict[str, Any]
+    version_id: str
+    max_triplets: int
+
+    @classmethod
+    def load(cls, config: LLMConfig, prompts_dir: Path = PROMPTS_DIR) -> Prompts:
+        prompt_file = prompts_dir / f"{config.prompt_version}.yaml"
+        examples_file = prompts_dir / "examples" / f"{config.examples}.yaml"
+        for file, key in ((prompt_file, "prompt_version"), (examples_file, "examples")):
+            if not file.is_file():
+                raise InputDataError(f"params.yaml: llm.{key}: {file} not found")
+        raw = prompt_file.read_bytes() + examples_file.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()[:8]
+        return cls(yaml.safe_load(prompt_file.read_text()), yaml.safe_load(examples_file.read_text()),
+                   f"{config.prompt_version}+{config.examples}-{digest}", config.max_triplets)
+
+    def triplet_messages(self, caption: str) -> list[dict[str, str]]:
+        messages = [{"role": "system", "content": self.text["triplets_system"].format(max_triplets=self.max_triplets)}]
+        for example in self.examples["triplets"]:
+            messages += [{"role": "user", "content": self.text["triplets_user"].format(caption=example["caption"])},
+                         {"role": "assistant", "content": json.dumps({"triplets": example["triplets"]})}]
+        return messages + [{"role": "user", "content": self.text["triplets_user"].format(caption=caption)}]
+
+    def state_messages(self, triplet: rules.Triplet) -> list[dict[str, str]]:
+        def ask(t: list[str] | tuple[str, ...]) -> dict[str, str]:
+            return {"role": "user", "content": self.text["states_user"].format(subject=t[0], action=t[1], object=t[2])}
+
+        messages = [{"role": "system", "content": self.text["states_system"]}]
+        for example in self.examples["states"]:
+            messages += [ask(example["triplet"]), {"role": "assistant", "content": json.dumps({"state": example["state"]})}]
+        return messages + [ask(triplet)]
+
+    def correction(self, reason: str, question: dict[str, str]) -> dict[str, str]:
+        """The re-ask after an invalid answer; it repeats the question, which small models otherwise lose."""
+        return {"role": "user", "content": self.text["correction"].format(reason=reason, question=question["content"])}
+
+
+def caption_key(model: str, prompts: Prompts, caption: str) -> str:
+    """Identical captions (up to case and spacing) share one key, so they are asked once."""
+    return _key("triplets", model, prompts.version_id, " ".join(caption.lower().split()))
+
+
+def triplet_key(model: str, prompts: Prompts, triplet: rules.Triplet) -> str:
+    return _key("state", model, prompts.version_id, *triplet)
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+class RawStore:
+    """Append-only JSONL shards, one record per key; safe to kill at any moment."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        records: dict[str, dict[str, Any]] = {}
+        for shard in sorted(self.directory.glob("shard-*.jsonl")):
+            self._drop_torn_tail(shard)
+            with open(shard, encoding="utf-8") as lines:
+                for line in lines:
+                    record = json.loads(line)
+                    records.setdefault(record["key"], record)
+        return records
+
+    @staticmethod
+    def _drop_torn_tail(shard: Path) -> None:
+        """A kill mid-write leaves a partial last line: cut it, so the next append starts on a fresh line."""
+        data = shard.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(shard, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        shard = self.directory / f"shard-{int(record['key'][:4], 16) % SHARDS:02d}.jsonl"
+        # One write of one whole line, flushed: a kill leaves at most a torn last line (see _drop_torn_tail).
+        with open(shard, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class RunStats:
+    captions: int = 0
+    distinct_captions: int = 0
+    asked_captions: int = 0
+    asked_triplets: int = 0
+    cached_captions: int = 0
+    not_asked: int = 0  # beyond llm.limit
+    failed: list[str] = field(default_factory=list)
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def as_report(self, backend: ChatBackend | None) -> dict[str, Any]:
+        report = {k: v for k, v in self.__dict__.items() if k != "failed"}
+        report["failed"] = len(self.failed)
+        report["transport_retries"] = getattr(backend, "retries", 0)
+        asked = self.asked_captions + self.asked_triplets
+        report["requests_per_s"] = round(self.requests / self.seconds, 3) if self.seconds else None
+        report["captions_per_s"] = round(self.asked_captions / self.seconds, 3) if self.seconds and asked else None
+        return report
+
+
+class KnowledgeGenerator:
+    """Runs Q1 with re-asks, then Q2 for each accepted triplet, writing every finished answer to the store."""
+
+    def __init__(self, backend: ChatBackend, prompts: Prompts, store: RawStore, config: LLMConfig,
+                 records: dict[str, dict[str, Any]], stats: RunStats):
+        self.backend, self.prompts, self.store, self.config = backend, prompts, store, config
+        self.records, self.stats = records, stats
+        self._states_in_flight: dict[str, asyncio.Task] = {}
+
+    async def _ask(self, messages: list[dict[str, str]], schema: dict, check) -> tuple[list[str], int, int]:
+        """Ask, re-asking with a correction while the answer yields nothing valid; all answers are kept."""
+        outputs, prompt_tokens, completion_tokens = [], 0, 0
+        question = messages[-1]
+        for _ in range(self.config.max_attempts):
+            completion = await self.backend.complete(messages, schema)
+            self.stats.requests += 1
+            outputs.append(completion.text)
+            prompt_tokens += completion.prompt_tokens
+            completion_tokens += completion.completion_tokens
+            verdict = check(completion.text)
+            if verdict.triplets or verdict.state:
+                break
+            messages = messages + [{"role": "assistant", "content": completion.text},
+                                   self.prompts.correction(verdict.reason, question)]
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens
+        return outputs, prompt_tokens, completion_tokens
+
+    async def caption(self, caption: str) -> None:
+        key = caption_key(self.backend.model, self.prompts, caption)
+        record = self.records.get(key)
+        if record is None:
+            started = time.monotonic()
+            outputs, prompt_tokens, completion_tokens = await self._ask(
+                self.prompts.triplet_messages(caption), rules.triplets_schema(self.config.max_triplets),
+                lambda text: rules.check_triplets(text, caption, self.config.max_triplets))
+            record = {"key": key, "question": "triplets", "model": self.backend.model,
+                      "prompt_version": self.prompts.version_id, "caption": caption, "outputs": outputs,
+                      "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "seconds": round(time.monotonic() - started, 3)}
+            self.store.append(record)
+            self.records[key] = record
+            self.stats.asked_captions += 1
+        else:
+            self.stats.cached_captions += 1
+        triplets = accepted_triplets(record["outputs"], caption, self.config.max_triplets)
+        await asyncio.gather(*(self.state(triplet) for triplet in triplets))
+
+    async def state(self, triplet: rules.Triplet) -> None:
+        key = triplet_key(self.backend.model, self.prompts, triplet)
+        if key in self.records:
+            return
+        if key not in self._states_in_flight:  # captions sharing a triplet wait for one request
+            self._states_in_flight[key] = asyncio.ensure_future(self._ask_state(key, triplet))
+        await self._states_in_flight[key]
+
+    async def _ask_state(self, key: str, triplet: rules.Triplet) -> None:
+        started = time.monotonic()
+        outputs, prompt_tokens, completion_tokens = await self._ask(
+            self.prompts.state_messages(triplet), rules.STATE_SCHEMA, rules.check_state)
+        record = {"key": key, "question": "state", "model": self.backend.model,
+                  "prompt_version": self.prompts.version_id, "triplet": list(triplet), "outputs": outputs,
+                  "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "seconds": round(time.monotonic() - started, 3)}
+        self.store.append(record)
+        self.records[key] = record
+        self.stats.asked_triplets += 1
+
+
+def accepted_triplets(outputs: list[str], caption: str, max_triplets: int) -> list[rules.Triplet]:
+    """The triplets of the first answer that had any valid one (what the validate stage keeps, too)."""
+    for text in outputs:
+        verdict = rules.check_triplets(text, caption, max_triplets)
+        if verdict.triplets:
+            return verdict.triplets
+    return []
+
+
+def distinct_captions(captions: Iterable[str], limit: int | None) -> tuple[list[str], int]:
+    """Captions to ask for, one per distinct text (first spelling wins), and how many were left out by `limit`."""
+    seen: dict[str, str] = {}
+    for caption in captions:
+        seen.setdefault(" ".join(caption.lower().split()), caption)
+    distinct = list(seen.values())
+    if limit is None:
+        return distinct, 0
+    return distinct[:limit], max(0, len(distinct) - limit)
+
+
+def make_backend(config: LLMConfig) -> ChatBackend:
+    if config.backend == "openai":
+        return OpenAIBackend(config.model, list(config.base_urls), api_key=os.environ.get(config.api_key_env),
+                             concurrency=config.concurrency, timeout_s=config.timeout_s,
+                             max_retries=config.max_retries, max_tokens=config.max_new_tokens,
+                             temperature=config.temperature, structured_outputs=config.structured_outputs,
+                             backoff_s=config.retry_backoff_s)
+    from tasks.transformers_backend import TransformersBackend  # torch + transformers: only when used
+
+    return TransformersBackend(config.model, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature, seed=config.seed)
+
+
+def pending_work(captions: list[str], records: dict[str, dict[str, Any]], model: str, prompts: Prompts,
+                 max_triplets: int) -> bool:
+    """Whether anything must be asked (cheap: decides whether to start a server or load a model at all)."""
+    for caption in captions:
+        record = records.get(caption_key(model, prompts, caption))
+        if record is None:
+            return True
+        for triplet in accepted_triplets(record["outputs"], caption, max_triplets):
+            if triplet_key(model, prompts, triplet) not in records:
+                return True
+    return False
+
+
+async def _generate(generator: KnowledgeGenerator, captions: list[str], progress: bool | None) -> None:
+    # progress None: a bar only on a terminal.
+    bar = tqdm(total=len(captions), desc="knowledge", unit="caption", mininterval=2,
+               disable=None if progress is None else not progress)
+
+    async def one(caption: str) -> None:
+        try:
+            await generator.caption(caption)
+        except LLMTransportError as exc:
+            generator.stats.failed.append(f"{caption!r}: {exc}")
+        bar.update()
+
+    # Bounded in the backend (semaphore / batch queue); the tasks themselves are cheap coroutines.
+    await asyncio.gather(*(one(caption) for caption in captions))
+    bar.close()
+
+
+def run(config: LLMConfig, captions: list[str], raw_dir: Path = paths.KNOWLEDGE_RAW,
+        report_path: Path = paths.KNOWLEDGE_RUN_REPORT, server_log: Path = paths.LLM_SERVER_LOG,
+        progress: bool | None = None, backend: ChatBackend | None = None) -> dict[str, Any]:
+    """The whole stage without Prefect. Writes and returns the run report; raises LLMTransportError when some
+    captions got no answer (a re-run asks only for those)."""
+    prompts = Prompts.load(config)
+    store = RawStore(raw_dir)
+    records = store.load()
+    asked, left_out = distinct_captions(captions, config.limit)
+    stats = RunStats(captions=len(captions), distinct_captions=len(asked) + left_out, not_asked=left_out)
+    started = time.monotonic()
+    if pending_work(asked, records, config.model, prompts, config.max_triplets):
+        backend = backend or make_backend(config)
+        generator = KnowledgeGenerator(backend, prompts, store, config, records, stats)
+        health = health_url(config.base_urls[0]) if config.base_urls else ""
+        with managed_server(config.server.command if config.backend == "openai" else None, health,
+                            config.server.startup_timeout_s, server_log):
+            asyncio.run(_run_and_close(generator, asked, progress))
+    else:
+        stats.cached_captions = len(asked)
+    stats.seconds = round(time.monotonic() - started, 3)
+    report = stats.as_report(backend) | {"model": config.model, "prompt_version": prompts.version_id,
+                                          "backend": config.backend}
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if stats.failed:
+        raise LLMTransportError(f"{len(stats.failed)} of {len(asked)} captions got no answer "
+                                f"(first: {stats.failed[0]}); re-run to ask only for those")
+    return report
+
+
+async def _run_and_close(generator: KnowledgeGenerator, captions: list[str], progress: bool | None) -> None:
+    try:
+        await _generate(generator, captions, progress)
+    finally:
+        await generator.backend.aclose()
