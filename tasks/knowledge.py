@@ -139,6 +139,7 @@ class RawStore:
 
     def __init__(self, directory: Path):
         self.directory = directory
+        self._shards: dict[int, Any] = {}  # open append handles, one per shard
 
     def load(self) -> dict[str, dict[str, Any]]:
         records: dict[str, dict[str, Any]] = {}
@@ -159,11 +160,19 @@ class RawStore:
                 handle.truncate(data.rfind(b"\n") + 1)
 
     def append(self, record: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        shard = self.directory / f"shard-{int(record['key'][:4], 16) % SHARDS:02d}.jsonl"
-        # One write of one whole line, flushed: a kill leaves at most a torn last line (see _drop_torn_tail).
-        with open(shard, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        shard = int(record["key"][:4], 16) % SHARDS
+        if shard not in self._shards:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._shards[shard] = open(self.directory / f"shard-{shard:02d}.jsonl", "a", encoding="utf-8")
+        handle = self._shards[shard]
+        # One whole line, flushed to the OS at once: a kill leaves at most a torn last line (_drop_torn_tail).
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+
+    def close(self) -> None:
+        for handle in self._shards.values():
+            handle.close()
+        self._shards.clear()
 
 
 @dataclass
@@ -199,7 +208,8 @@ class KnowledgeGenerator:
         self.records, self.stats = records, stats
         self._states_in_flight: dict[str, asyncio.Task] = {}
 
-    async def _ask(self, messages: list[dict[str, str]], schema: dict, check) -> tuple[list[str], int, int]:
+    async def _ask(self, messages: list[dict[str, str]], schema: dict, check
+                   ) -> tuple[list[str], int, int, rules.Verdict]:
         """Ask, re-asking with a correction while the answer yields nothing valid; all answers are kept."""
         outputs, prompt_tokens, completion_tokens = [], 0, 0
         question = messages[-1]
@@ -216,16 +226,17 @@ class KnowledgeGenerator:
                                    self.prompts.correction(verdict.reason, question)]
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
-        return outputs, prompt_tokens, completion_tokens
+        return outputs, prompt_tokens, completion_tokens, verdict
 
     async def caption(self, caption: str) -> None:
         key = caption_key(self.backend.model, self.prompts, caption)
         record = self.records.get(key)
         if record is None:
             started = time.monotonic()
-            outputs, prompt_tokens, completion_tokens = await self._ask(
+            outputs, prompt_tokens, completion_tokens, verdict = await self._ask(
                 self.prompts.triplet_messages(caption), rules.triplets_schema(self.config.max_triplets),
                 lambda text: rules.check_triplets(text, caption, self.config.max_triplets))
+            triplets = verdict.triplets
             record = {"key": key, "question": "triplets", "model": self.backend.model,
                       "prompt_version": self.prompts.version_id, "caption": caption, "outputs": outputs,
                       "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -235,7 +246,7 @@ class KnowledgeGenerator:
             self.stats.asked_captions += 1
         else:
             self.stats.cached_captions += 1
-        triplets = accepted_triplets(record["outputs"], caption, self.config.max_triplets)
+            triplets = accepted_triplets(record["outputs"], caption, self.config.max_triplets)
         await asyncio.gather(*(self.state(triplet) for triplet in triplets))
 
     async def state(self, triplet: rules.Triplet) -> None:
@@ -248,7 +259,7 @@ class KnowledgeGenerator:
 
     async def _ask_state(self, key: str, triplet: rules.Triplet) -> None:
         started = time.monotonic()
-        outputs, prompt_tokens, completion_tokens = await self._ask(
+        outputs, prompt_tokens, completion_tokens, _ = await self._ask(
             self.prompts.state_messages(triplet), rules.STATE_SCHEMA, rules.check_state)
         record = {"key": key, "question": "state", "model": self.backend.model,
                   "prompt_version": self.prompts.version_id, "triplet": list(triplet), "outputs": outputs,
@@ -357,4 +368,5 @@ async def _run_and_close(generator: KnowledgeGenerator, captions: list[str], pro
     try:
         await _generate(generator, captions, progress)
     finally:
+        generator.store.close()
         await generator.backend.aclose()
