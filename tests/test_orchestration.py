@@ -1,6 +1,7 @@
 """Prefect and DVC for real: the ingest flow on a Prefect server, the DVC pipeline, the served deployment."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,15 +16,30 @@ from prefect.deployments import run_deployment
 
 from flows.ingest import ingest
 from tasks import paths, schemas
+from tasks.demo_data import NOUNS
 from tasks.pipeline import param_overrides
+from tests.llm_server import ScriptedServer
 
 SMALL_DEMO = {"n_images": 24, "image_size": 48}
+# Every demo caption mentions an actor; the scripted LLM answers about the first one it finds (" man", not "woman").
+LLM_SCRIPT = {"answers": [{"match": "Triplet:", "responses": [
+    {"content": json.dumps({"state": "moving the whole body with clear and visible effort"})}]}] + [
+    {"match": f" {noun}", "responses": [{"content": json.dumps({"triplets": [[noun, "is", "there"], [noun, "near", noun]]})}]}
+    for noun in NOUNS]}
 
 
-def write_params(root: Path, **data) -> Path:
+@pytest.fixture(scope="module")
+def llm_url(tmp_path_factory) -> str:
+    with ScriptedServer(LLM_SCRIPT, tmp_path_factory.mktemp("llm")) as server:
+        yield server.base_url
+
+
+def write_params(root: Path, llm_url: str = "http://127.0.0.1:9/v1", **data) -> Path:
+    """The project's params with a small demo and the scripted LLM server (few captions, one attempt each)."""
     params = yaml.safe_load((Path(__file__).parent.parent / "params.yaml").read_text())
     params["data"].update(data)
     params["data"]["demo"].update(SMALL_DEMO)
+    params["llm"].update(backend="openai", model="scripted-model", base_urls=[llm_url], limit=6, max_attempts=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root / "params.yaml"
 
@@ -68,21 +84,28 @@ def test_failed_ingest_flow_exits_with_one_line_and_no_traceback(prefect_api_url
     assert f"{tmp_path}/missing.jpg: missing" in last_line
 
 
-def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_url, project):
-    write_params(project)
+def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_url, project, llm_url):
+    write_params(project, llm_url)
     commit_all(project, "small demo")
     first = run(["dvc", "repro"], project, prefect_api_url)
     assert first.returncode == 0, first.stderr + first.stdout
-    assert "Running stage 'ingest'" in first.stdout
-    assert len(schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)) == 5 * SMALL_DEMO["n_images"]
+    for stage in ("ingest", "knowledge", "validate"):
+        assert f"Running stage '{stage}'" in first.stdout
+    captions = schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)
+    assert len(captions) == 5 * SMALL_DEMO["n_images"]
+    knowledge = schemas.read(project / paths.KNOWLEDGE, schemas.KNOWLEDGE)
+    assert knowledge["caption_id"].tolist() == captions["caption_id"].tolist()
+    assert (knowledge["status"] != "empty").sum() == 6  # llm.limit distinct captions were asked
 
     second = run(["dvc", "repro"], project, prefect_api_url)
     assert second.returncode == 0 and "Running stage" not in second.stdout
     assert "didn't change" in second.stdout
 
-    write_params(project, min_image_side=16)
+    # Same captions come out of ingest, so nothing downstream runs again.
+    write_params(project, llm_url, min_image_side=16)
     third = run(["dvc", "repro"], project, prefect_api_url)
     assert third.returncode == 0 and "Running stage 'ingest'" in third.stdout
+    assert "Running stage 'knowledge'" not in third.stdout
 
 
 def test_param_overrides_follow_dvc_set_param_syntax():
@@ -102,7 +125,7 @@ def wait_for_deployment(name: str, timeout_s: float = 120) -> None:
     raise TimeoutError(f"deployment {name} was not registered within {timeout_s} s")
 
 
-def test_served_deployment_runs_dvc(prefect_api_url, project):
+def test_served_deployments_run_dvc(prefect_api_url, project, llm_url):
     write_params(project)
     commit_all(project, "small demo")
     server_env = os.environ | {"PREFECT_API_URL": prefect_api_url}
@@ -125,6 +148,16 @@ def test_served_deployment_runs_dvc(prefect_api_url, project):
         experiments = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project, capture_output=True,
                                      text=True, check=True, env=server_env).stdout.split()
         assert len(experiments) == 1
+
+        # The knowledge deployment's parameters map onto llm.* params of a DVC experiment.
+        wait_for_deployment("generate-knowledge/default")
+        flow_run = run_deployment("generate-knowledge/default", timeout=300, parameters={
+            "project_dir": str(project), "backend": "openai", "model": "scripted-model",
+            "base_urls": [llm_url], "limit": 4})
+        assert flow_run.state.is_completed(), serve_log.read_text()[-3000:]
+        knowledge = schemas.read(project / paths.KNOWLEDGE, schemas.KNOWLEDGE)
+        assert len(knowledge) == 45 and (knowledge["status"] != "empty").sum() == 4
+        assert yaml.safe_load((project / "params.yaml").read_text())["llm"]["base_urls"] == [llm_url]
     finally:
         # Stop `serve` before the test server goes away, or it hangs pausing its deployments.
         serving.terminate()
