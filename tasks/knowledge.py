@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,7 @@ class KnowledgeGenerator:
                  records: dict[str, dict[str, Any]], stats: RunStats):
         self.backend, self.prompts, self.store, self.config = backend, prompts, store, config
         self.records, self.stats = records, stats
+        self.on_triplets_answered: Callable[[], object] = lambda: None  # progress: Q1 answers come first
         self._states_in_flight: dict[str, asyncio.Task] = {}
 
     async def _ask(self, messages: list[dict[str, str]], schema: dict, check
@@ -247,6 +248,7 @@ class KnowledgeGenerator:
         else:
             self.stats.cached_captions += 1
             triplets = accepted_triplets(record["outputs"], caption, self.config.max_triplets)
+        self.on_triplets_answered()
         await asyncio.gather(*(self.state(triplet) for triplet in triplets))
 
     async def state(self, triplet: rules.Triplet) -> None:
@@ -317,16 +319,16 @@ def pending_work(captions: list[str], records: dict[str, dict[str, Any]], model:
 
 
 async def _generate(generator: KnowledgeGenerator, captions: list[str], progress: bool | None) -> None:
-    # progress None: a bar only on a terminal.
-    bar = tqdm(total=len(captions), desc="knowledge", unit="caption", mininterval=2,
+    # progress None: a bar only on a terminal. It counts Q1 answers: a backend serves them before any Q2.
+    bar = tqdm(total=len(captions), desc="knowledge (triplets)", unit="caption", mininterval=2,
                disable=None if progress is None else not progress)
+    generator.on_triplets_answered = bar.update
 
     async def one(caption: str) -> None:
         try:
             await generator.caption(caption)
         except LLMTransportError as exc:
             generator.stats.failed.append(f"{caption!r}: {exc}")
-        bar.update()
 
     # Bounded in the backend (semaphore / batch queue); the tasks themselves are cheap coroutines.
     await asyncio.gather(*(one(caption) for caption in captions))

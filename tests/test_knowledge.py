@@ -266,3 +266,34 @@ def test_stage_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
 def raw_keys_safe(raw_dir: Path) -> list[str]:
     """Keys of whole lines only (the store's own loader, which also cuts torn tails)."""
     return list(knowledge.RawStore(raw_dir).load())
+
+
+def test_demo_report_scores_triplets_against_the_generators_truth(tmp_path):
+    from tasks.demo_data import generate_demo
+
+    captions, truth = generate_demo(tmp_path / "images", 8, 48, 0, {"train": 0.5, "val": 0.25, "test": 0.25})
+    true_by_caption = dict(zip(captions["caption"], truth["triplets"]))
+    # A perfect LLM for the first image's captions, one wrong triplet for the second's, nothing else.
+    script = {"answers": [STATE_RULE] + [
+        rule(text, answer(*[[t["subject"], t["action"], t["object"]] for t in true_by_caption[text]]))
+        for text in captions["caption"][:5]] + [
+        rule(text, answer([true_by_caption[text][0]["object"], "pushing", true_by_caption[text][0]["subject"]]))
+        for text in captions["caption"][5:10]], "default": {"content": "no idea"}}
+    schemas.write(truth, schemas.TRUE_TRIPLETS, tmp_path / "truth.parquet")
+    schemas.write(captions, schemas.CAPTIONS, tmp_path / "captions.parquet")
+    with ScriptedServer(script, tmp_path / "server") as server:
+        # Up to 5 true triplets per demo caption (an action, colour and size of both actors).
+        config = llm_config([server.base_url], max_attempts=1, max_triplets=5)
+        knowledge.run(config, captions["caption"].tolist(), raw_dir=tmp_path / "raw", report_path=tmp_path / "run.json")
+    summary = validate.run(config, captions_path=tmp_path / "captions.parquet", raw_dir=tmp_path / "raw",
+                           truth_path=tmp_path / "truth.parquet", run_report_path=tmp_path / "run.json",
+                           knowledge_path=tmp_path / "k.parquet", rejects_path=tmp_path / "r.parquet",
+                           report_path=tmp_path / "k.json")
+    scores = summary["demo_triplets"]
+    true_count = sum(len(t) for t in truth["triplets"])
+    first_image_count = sum(len(t) for t in truth["triplets"][:5])
+    assert scores["captions"] == 40
+    assert scores["precision"] == pytest.approx(first_image_count / (first_image_count + 5), abs=1e-4)
+    assert scores["recall"] == pytest.approx(first_image_count / true_count, abs=1e-4)
+    assert scores["main_action_recall"] == pytest.approx(5 / 40)
+    assert summary["generation"]["asked_captions"] == 40
