@@ -26,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", type=Path, default=SAMPLE, help="a TSV with image and caption columns")
     parser.add_argument("--limit", type=int, default=None, help="distinct captions to ask for")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     table = pd.read_csv(args.captions, sep="\t", quoting=3, dtype=str)
     captions = pd.DataFrame({"image_id": table["image"], "image_path": table["image"],

@@ -48,12 +48,12 @@ class LLMConfig:
     retry_backoff_s: float = 0.5  # first wait before a transport retry; doubles each time (with jitter)
     max_attempts: int = 3
     max_triplets: int = 4
-    max_new_tokens: int = 160
+    max_new_tokens: int = 96
     temperature: float = 0.0
     structured_outputs: bool = True
     prompt_version: str = "v1"
     examples: str = "demo"
-    batch_size: int = 16
+    batch_size: int = 32
     limit: int | None = None  # ask for the first N distinct captions only (the rest stay `empty`)
     seed: int = 0
     server: ServerConfig = field(default_factory=ServerConfig)
