@@ -108,6 +108,16 @@ def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_u
     assert "Running stage 'knowledge'" not in third.stdout
 
 
+def test_params_and_stages_parse_as_dvc_reads_them():
+    """DVC's YAML reader is stricter than PyYAML (e.g. a URL in a flow list must be quoted)."""
+    from dvc.utils.serialize import load_yaml
+
+    root = Path(__file__).parent.parent
+    params, pipeline = load_yaml(root / "params.yaml"), load_yaml(root / "dvc.yaml")
+    assert params["llm"]["base_urls"] == ["http://127.0.0.1:8000/v1"]
+    assert list(pipeline["stages"]) == ["ingest", "knowledge", "validate"]
+
+
 def test_param_overrides_follow_dvc_set_param_syntax():
     assert param_overrides({"data.source": "table", "data.demo.n_images": 30, "llm.base_urls": ["http://a/v1"]}) == \
         ["data.source=table", "data.demo.n_images=30", 'llm.base_urls=["http://a/v1"]']
