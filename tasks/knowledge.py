@@ -121,9 +121,13 @@ class Prompts:
         return {"role": "user", "content": self.text["correction"].format(reason=reason, question=question["content"])}
 
 
+def same_text(caption: str) -> str:
+    """Captions equal up to case and spacing are one text: asked once, judged once."""
+    return " ".join(caption.lower().split())
+
+
 def caption_key(model: str, prompts: Prompts, caption: str) -> str:
-    """Identical captions (up to case and spacing) share one key, so they are asked once."""
-    return _key("triplets", model, prompts.version_id, " ".join(caption.lower().split()))
+    return _key("triplets", model, prompts.version_id, same_text(caption))
 
 
 def triplet_key(model: str, prompts: Prompts, triplet: rules.Triplet) -> str:
@@ -285,7 +289,7 @@ def distinct_captions(captions: Iterable[str], limit: int | None) -> tuple[list[
     """Captions to ask for, one per distinct text (first spelling wins), and how many were left out by `limit`."""
     seen: dict[str, str] = {}
     for caption in captions:
-        seen.setdefault(" ".join(caption.lower().split()), caption)
+        seen.setdefault(same_text(caption), caption)
     distinct = list(seen.values())
     if limit is None:
         return distinct, 0

@@ -17,7 +17,7 @@ import pandas as pd
 
 from tasks import knowledge_rules as rules
 from tasks import paths, schemas
-from tasks.knowledge import LLMConfig, Prompts, RawStore, caption_key, triplet_key
+from tasks.knowledge import LLMConfig, Prompts, RawStore, caption_key, same_text, triplet_key
 
 NO_ANSWER = "no answer in the knowledge cache (beyond llm.limit, or the knowledge stage failed for it)"
 
@@ -89,7 +89,7 @@ def build(captions: pd.DataFrame, records: dict[str, dict[str, Any]], config: LL
     verdicts: dict[str, CaptionKnowledge] = {}
     rows, rejects, per_caption = [], [], []
     for caption_id, caption in zip(captions["caption_id"], captions["caption"]):
-        text_key = " ".join(caption.lower().split())
+        text_key = same_text(caption)
         if text_key not in verdicts:
             verdicts[text_key] = judge(caption, records, config.model, prompts, config.max_triplets)
         verdict = verdicts[text_key]
