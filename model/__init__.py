@@ -1,0 +1,7 @@
+"""Action-aware multi-modal prompt tuning on a frozen open_clip CLIP: torch modules only, no file or network I/O."""
+from model.action_clip import ActionAwareCLIP, ImagePrefix
+from model.config import PromptConfig
+from model.factory import build_model
+from model.knowledge import Knowledge
+
+__all__ = ["ActionAwareCLIP", "ImagePrefix", "Knowledge", "PromptConfig", "build_model"]

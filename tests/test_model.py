@@ -1,0 +1,203 @@
+"""The action-aware model on CPU: tiny open_clip configs with random weights (and real ViT shapes, untrained)."""
+from __future__ import annotations
+
+import copy
+
+import open_clip
+import pytest
+import torch
+from torch.nn import functional as F
+
+from model import ActionAwareCLIP, Knowledge, PromptConfig, build_model
+
+EMBED = 32
+
+
+def tiny_clip_config(**vision) -> dict:
+    vision_cfg = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 4, "head_width": 16} | vision
+    return {"embed_dim": EMBED, "vision_cfg": vision_cfg,
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+
+
+def tiny_model(seed: int = 0, clip_config: dict | None = None, **prompt) -> ActionAwareCLIP:
+    torch.manual_seed(seed)
+    return build_model({"clip": {"model": clip_config or tiny_clip_config()}, "prompt": prompt})
+
+
+def random_knowledge(counts: list[int], max_triplets: int = 4, embed: int = EMBED, seed: int = 1) -> Knowledge:
+    """Captions with counts[b] triplets each; padding slots hold garbage that must be ignored."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = len(counts)
+    mask = torch.arange(max_triplets)[None, :] < torch.tensor(counts)[:, None]
+    slot_tokens = torch.randint(1, 49000, (batch, max_triplets, 3, 6), generator=generator)
+    slot_tokens[..., 4:] = 0  # slots of different lengths
+    return Knowledge(mask=mask, slot_tokens=slot_tokens,
+                     states=F.normalize(torch.randn(batch, max_triplets, embed, generator=generator), dim=-1),
+                     templates=F.normalize(torch.randn(batch, max_triplets, embed, generator=generator), dim=-1))
+
+
+def images(batch: int, size: int = 32, seed: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("vision", [{}, {"pool_type": "avg"}, {"final_ln_after_pool": True}, {"patch_size": 16},
+                                    {"no_ln_pre": True, "layers": 3}])
+def test_without_knowledge_it_is_open_clips_encode_image(vision):
+    model = tiny_model(clip_config=tiny_clip_config(**vision))
+    batch = images(3)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(batch), model.clip.encode_image(batch), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("prompt", [{}, {"injection_layer": 0}, {"injection_layer": 3, "depth": 4},
+                                    {"n_visual_prompts": 0}, {"use_states": False}, {"use_triplets": False},
+                                    {"use_triplets": False, "use_states": False}, {"triplet_source": "template"},
+                                    {"fusion": "concat"}])
+def test_shapes_dtypes_and_conditioning(prompt):
+    model = tiny_model(**prompt)
+    knowledge = random_knowledge([2, 0, 4])
+    features = model.encode_image(images(3), knowledge)
+    assert features.shape == (3, EMBED) and features.dtype == torch.float32 and torch.isfinite(features).all()
+    # The prompts change the image feature, and (when knowledge is used) a caption's knowledge changes it again.
+    plain = model.encode_image(images(3))
+    assert not torch.allclose(features, plain, atol=1e-4)
+    other = model.encode_image(images(3), random_knowledge([2, 0, 4], seed=7))
+    knowledge_matters = model.config.uses_knowledge
+    assert torch.allclose(features[1], other[1], atol=1e-5)  # no knowledge either way: the null prompt
+    assert torch.allclose(features[0], other[0], atol=1e-5) is not knowledge_matters
+
+
+def test_real_vit_configs_build_and_run():
+    for name, size in (("ViT-B-32", 224), ("ViT-L-14-336", 336)):
+        torch.manual_seed(0)
+        model = build_model({"prompt": {}}, open_clip.CLIP(**open_clip.get_model_config(name)))
+        embed = model.clip.visual.output_dim
+        layers = model.clip.visual.transformer.layers
+        assert (model.injection_layer, model.depth) == (layers // 2, layers)
+        with torch.no_grad():
+            features = model.encode_image(images(1, size), random_knowledge([3], embed=embed))
+        assert features.shape == (1, embed) and torch.isfinite(features).all()
+
+
+def test_cached_prefix_equals_the_uncached_path():
+    model = tiny_model(injection_layer=2)
+    pictures = images(2)
+    knowledge = random_knowledge([1, 3, 4, 0, 2, 2])
+    candidates_of = torch.tensor([0, 0, 0, 1, 1, 1])  # three candidate captions per image
+    with torch.no_grad():
+        prefix = model.image_prefix(pictures)
+        cached = model.encode_from_prefix(prefix.index(candidates_of), knowledge)
+        uncached = model.encode_image(pictures[candidates_of], knowledge)
+        text = F.normalize(torch.randn(6, EMBED), dim=-1)
+        scores = model.score_from_prefix(prefix.index(candidates_of), knowledge, text)
+    assert torch.allclose(cached, uncached, atol=1e-6, rtol=0)
+    assert torch.allclose(scores, F.cosine_similarity(uncached, text), atol=1e-6)
+    assert torch.allclose(model.score(pictures[candidates_of], knowledge, text), scores, atol=1e-6)
+
+
+def test_padding_slots_and_k_from_0_to_max_do_not_change_a_caption():
+    model = tiny_model()
+    picture = images(1)
+    knowledge = random_knowledge([2], max_triplets=4)
+    with torch.no_grad():
+        padded = model.encode_image(picture, knowledge)
+        for k in range(2, 5):  # the same two triplets with 0..2 padding slots
+            trimmed = Knowledge(knowledge.mask[:, :k], knowledge.slot_tokens[:, :k], knowledge.states[:, :k])
+            assert torch.allclose(model.encode_image(picture, trimmed), padded, atol=1e-5)
+        # No knowledge: K = 0 and an all-False mask of any K are the same null prompt.
+        null = [model.encode_image(picture, random_knowledge([0], max_triplets=k, seed=k)) for k in range(0, 5)]
+        for features in null[1:]:
+            assert torch.allclose(features, null[0], atol=1e-5)
+        assert not torch.allclose(null[0], padded, atol=1e-4)
+
+
+def test_batch_composition_does_not_leak_between_rows():
+    model = tiny_model()
+    knowledge = random_knowledge([1, 4, 0, 3])
+    with torch.no_grad():
+        together = model.encode_image(images(4), knowledge)
+        alone = torch.cat([model.encode_image(images(4)[b:b + 1], knowledge.index(torch.tensor([b]))) for b in range(4)])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def contrastive_loss(model: ActionAwareCLIP, pictures: torch.Tensor, knowledge: Knowledge,
+                     text: torch.Tensor) -> torch.Tensor:
+    image_features = F.normalize(model.encode_image(pictures, knowledge), dim=-1)
+    logits = model.logit_scale.exp() * image_features @ text.T
+    targets = torch.arange(len(pictures))
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_gradients_reach_exactly_the_stage_parameters(stage):
+    model = tiny_model()
+    trainable = model.set_trainable(stage)
+    assert trainable and all(not name.startswith("clip.") for name in trainable)
+    if stage == 2:
+        assert set(trainable) == {n for n, _ in model.named_parameters() if n.startswith("interaction.")}
+    else:
+        assert set(trainable) == {n for n, _ in model.named_parameters() if not n.startswith("clip.")}
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.SGD(trainable.values(), lr=0.1)
+    model.train()
+    assert not model.clip.training  # the frozen backbone stays in eval mode
+    # One caption without knowledge, so the null prompts take part too.
+    loss = contrastive_loss(model, images(4), random_knowledge([0, 2, 3, 4]), F.normalize(torch.randn(4, EMBED), dim=-1))
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        if name in trainable:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        else:
+            assert parameter.grad is None, name
+    optimizer.step()
+    after = model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == set(trainable)
+
+
+def test_stage_two_needs_an_interaction_module():
+    with pytest.raises(ValueError, match="interaction module"):
+        tiny_model(fusion="concat").trainable_parameters(2)
+    with pytest.raises(ValueError, match="stage must be one of"):
+        tiny_model().trainable_parameters(3)
+
+
+@pytest.mark.parametrize("prompt, message", [({"injection_layer": 4}, "injection_layer"),
+                                             ({"injection_layer": 2, "depth": 2}, "depth"),
+                                             ({"fusion": "sum"}, "fusion"), ({"mix_lambda": 1.5}, "mix_lambda"),
+                                             ({"adapter_dims": 8}, "unknown prompt settings")])
+def test_bad_prompt_settings_are_named(prompt, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**prompt)
+
+
+def test_missing_knowledge_parts_are_named():
+    model = tiny_model(triplet_source="template")
+    knowledge = random_knowledge([2])
+    with pytest.raises(ValueError, match="templates"):
+        model.encode_image(images(1), Knowledge(knowledge.mask, knowledge.slot_tokens, knowledge.states))
+    with pytest.raises(ValueError, match=r"knowledge.states has shape"):
+        Knowledge(knowledge.mask, states=torch.zeros(1, 3, EMBED))
+
+
+def test_a_tiny_model_overfits_a_handful_of_triples():
+    """Four identical images told apart only through their captions' knowledge: stage 1 must learn to use it."""
+    model = tiny_model()
+    trainable = model.set_trainable(1)
+    pictures = images(1).expand(4, -1, -1, -1)
+    knowledge = random_knowledge([1, 2, 3, 4])
+    text = F.normalize(torch.randn(4, EMBED, generator=torch.Generator().manual_seed(3)), dim=-1)
+    optimizer = torch.optim.AdamW(trainable.values(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(80):
+        optimizer.zero_grad()
+        loss = contrastive_loss(model, pictures, knowledge, text)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        similarity = F.normalize(model.encode_image(pictures, knowledge), dim=-1) @ text.T
+    assert losses[-1] < 0.1 * losses[0]
+    assert torch.equal(similarity.argmax(dim=1), torch.arange(4))
