@@ -32,6 +32,7 @@ test: install
 bench: install
 	$(BIN)/python bench/ingest_scale.py
 	$(BIN)/python bench/knowledge_throughput.py
+	$(BIN)/python bench/prefix_cache.py
 
 # vLLM on a GPU machine, in its own environment (its pins clash with Prefect's). The knowledge stage can start
 # and stop it itself: llm.server.command (see README).
