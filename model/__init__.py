@@ -3,5 +3,7 @@ from model.action_clip import ActionAwareCLIP, ImagePrefix
 from model.config import PromptConfig
 from model.factory import build_model
 from model.knowledge import Knowledge
+from model.losses import contrastive_loss, triplet_loss
 
-__all__ = ["ActionAwareCLIP", "ImagePrefix", "Knowledge", "PromptConfig", "build_model"]
+__all__ = ["ActionAwareCLIP", "ImagePrefix", "Knowledge", "PromptConfig", "build_model", "contrastive_loss",
+           "triplet_loss"]
