@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model import ActionAwareCLIP, Knowledge, PromptConfig, build_model
+from model import ActionAwareCLIP, Knowledge, build_model, contrastive_loss, triplet_loss
 
 EMBED = 32
 
@@ -120,12 +120,11 @@ def test_batch_composition_does_not_leak_between_rows():
     assert torch.allclose(together, alone, atol=1e-5)
 
 
-def contrastive_loss(model: ActionAwareCLIP, pictures: torch.Tensor, knowledge: Knowledge,
-                     text: torch.Tensor) -> torch.Tensor:
-    image_features = F.normalize(model.encode_image(pictures, knowledge), dim=-1)
-    logits = model.logit_scale.exp() * image_features @ text.T
-    targets = torch.arange(len(pictures))
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+def in_batch_loss(model: ActionAwareCLIP, pictures: torch.Tensor, knowledge: Knowledge, text: torch.Tensor) -> torch.Tensor:
+    scores = F.normalize(model.encode_image(pictures, knowledge), dim=-1) @ text.T
+    targets, valid = torch.arange(len(pictures)), torch.ones_like(scores, dtype=torch.bool)
+    return (contrastive_loss(scores, targets, valid, model.logit_scale)
+            + contrastive_loss(scores.T, targets, valid, model.logit_scale)) / 2
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -142,7 +141,7 @@ def test_gradients_reach_exactly_the_stage_parameters(stage):
     model.train()
     assert not model.clip.training  # the frozen backbone stays in eval mode
     # One caption without knowledge, so the null prompts take part too.
-    loss = contrastive_loss(model, images(4), random_knowledge([0, 2, 3, 4]), F.normalize(torch.randn(4, EMBED), dim=-1))
+    loss = in_batch_loss(model, images(4), random_knowledge([0, 2, 3, 4]), F.normalize(torch.randn(4, EMBED), dim=-1))
     loss.backward()
     for name, parameter in model.named_parameters():
         if name in trainable:
@@ -192,7 +191,7 @@ def test_a_tiny_model_overfits_a_handful_of_triples():
     losses = []
     for _ in range(80):
         optimizer.zero_grad()
-        loss = contrastive_loss(model, pictures, knowledge, text)
+        loss = in_batch_loss(model, pictures, knowledge, text)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
@@ -201,3 +200,20 @@ def test_a_tiny_model_overfits_a_handful_of_triples():
         similarity = F.normalize(model.encode_image(pictures, knowledge), dim=-1) @ text.T
     assert losses[-1] < 0.1 * losses[0]
     assert torch.equal(similarity.argmax(dim=1), torch.arange(4))
+
+
+def test_losses_against_hand_computed_values():
+    scores = torch.tensor([[0.9, 0.2, 0.8], [0.1, 0.5, 0.4]])
+    target = torch.tensor([0, 1])
+    valid = torch.tensor([[True, True, False], [True, True, True]])  # row 0: column 2 is not a negative
+    scale = torch.tensor(0.0)  # exp(0) = 1
+    expected = (-(torch.log_softmax(torch.tensor([0.9, 0.2]), 0)[0])
+                - torch.log_softmax(torch.tensor([0.1, 0.5, 0.4]), 0)[1]) / 2
+    assert torch.isclose(contrastive_loss(scores, target, valid, scale), expected)
+    # Hardest valid negative: row 0 -> 0.2 (0.8 is excluded), row 1 -> 0.4; margin 0.2.
+    expected_triplet = (max(0.2 - 0.9 + 0.2, 0) + max(0.4 - 0.5 + 0.2, 0)) / 2
+    assert triplet_loss(scores, target, valid, 0.2).item() == pytest.approx(expected_triplet)
+    only_positive = torch.tensor([[True, False, False], [True, True, True]])
+    assert triplet_loss(scores, target, only_positive, 0.2).item() == pytest.approx(max(0.4 - 0.5 + 0.2, 0) / 2)
+    with pytest.raises(ValueError, match="do not fit"):
+        triplet_loss(scores, target[:1], valid, 0.2)
