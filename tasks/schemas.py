@@ -57,6 +57,26 @@ REJECTS = pa.schema(
 )
 
 
+# data/features/<split>/: the rows of the feature arrays (featurize writes them, the model stages read them).
+FEATURE_IMAGES = pa.schema(
+    [("row", pa.int32()), ("image_id", pa.string()), ("image_path", pa.string())],
+    metadata={"artifact": "feature_images"},
+)
+
+FEATURE_CAPTIONS = pa.schema(
+    [
+        ("row", pa.int32()),
+        ("caption_id", pa.string()),
+        ("caption", pa.string()),
+        ("image_id", pa.string()),
+        ("image_row", pa.int32()),  # row of the caption's image in images.parquet (and image.npy)
+        ("status", pa.string()),  # the knowledge status: ok | partial | empty
+        ("n_triplets", pa.int32()),
+    ],
+    metadata={"artifact": "feature_captions"},
+)
+
+
 class SchemaError(ValueError):
     """A Parquet file or frame does not match its contract."""
 
