@@ -27,8 +27,8 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # What a fresh clone holds that the pipeline needs (no .venv, no artifacts).
-PROJECT_FILES = ["flows", "tasks", "model", "prompts", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
-                 ".gitignore"]
+PROJECT_FILES = ["flows", "tasks", "model", "prompts", "configs", "dvc.yaml", "params.yaml", ".dvc/config",
+                 ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 
 @pytest.fixture(scope="session")

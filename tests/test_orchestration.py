@@ -35,11 +35,14 @@ def llm_url(tmp_path_factory) -> str:
 
 
 def write_params(root: Path, llm_url: str = "http://127.0.0.1:9/v1", **data) -> Path:
-    """The project's params with a small demo and the scripted LLM server (few captions, one attempt each)."""
+    """The project's params with a small demo, the scripted LLM server (few captions, one attempt each) and a tiny
+    CLIP trained for one epoch."""
     params = yaml.safe_load((Path(__file__).parent.parent / "params.yaml").read_text())
     params["data"].update(data)
     params["data"]["demo"].update(SMALL_DEMO)
     params["llm"].update(backend="openai", model="scripted-model", base_urls=[llm_url], limit=6, max_attempts=1)
+    params["clip"].update(model="ViT-Tiny-Test", device="cpu")
+    params["clip"]["scratch"]["epochs"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root / "params.yaml"
 
@@ -89,13 +92,16 @@ def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_u
     commit_all(project, "small demo")
     first = run(["dvc", "repro"], project, prefect_api_url)
     assert first.returncode == 0, first.stderr + first.stdout
-    for stage in ("ingest", "knowledge", "validate"):
+    for stage in ("ingest", "knowledge", "validate", "base_clip", "featurize"):
         assert f"Running stage '{stage}'" in first.stdout
     captions = schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)
     assert len(captions) == 5 * SMALL_DEMO["n_images"]
     knowledge = schemas.read(project / paths.KNOWLEDGE, schemas.KNOWLEDGE)
     assert knowledge["caption_id"].tolist() == captions["caption_id"].tolist()
     assert (knowledge["status"] != "empty").sum() == 6  # llm.limit distinct captions were asked
+    meta = json.loads((project / paths.FEATURES / "meta.json").read_text())
+    assert sum(split["captions"] for split in meta["splits"].values()) == len(captions)
+    assert json.loads((project / paths.BASE_CLIP_REPORT).read_text())["loss_per_epoch"]  # trained from scratch
 
     second = run(["dvc", "repro"], project, prefect_api_url)
     assert second.returncode == 0 and "Running stage" not in second.stdout
@@ -105,7 +111,8 @@ def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_u
     write_params(project, llm_url, min_image_side=16)
     third = run(["dvc", "repro"], project, prefect_api_url)
     assert third.returncode == 0 and "Running stage 'ingest'" in third.stdout
-    assert "Running stage 'knowledge'" not in third.stdout
+    for stage in ("knowledge", "base_clip", "featurize"):
+        assert f"Running stage '{stage}'" not in third.stdout
 
 
 def test_params_and_stages_parse_as_dvc_reads_them():
@@ -115,7 +122,7 @@ def test_params_and_stages_parse_as_dvc_reads_them():
     root = Path(__file__).parent.parent
     params, pipeline = load_yaml(root / "params.yaml"), load_yaml(root / "dvc.yaml")
     assert params["llm"]["base_urls"] == ["http://127.0.0.1:8000/v1"]
-    assert list(pipeline["stages"]) == ["ingest", "knowledge", "validate"]
+    assert list(pipeline["stages"]) == ["ingest", "knowledge", "validate", "base_clip", "featurize"]
 
 
 def test_param_overrides_follow_dvc_set_param_syntax():
