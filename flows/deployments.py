@@ -1,11 +1,14 @@
 """Flows behind the Prefect deployments: each runs DVC, so its artifacts are versioned like `dvc repro`'s."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
 
-from tasks import pipeline
+from tasks import history, pipeline
 
 
 @flow(name="ingest-captions")
@@ -22,3 +25,18 @@ def generate_knowledge(backend: str | None = None, model: str | None = None, bas
     parameter is given), so the result is versioned."""
     overrides = {"llm.backend": backend, "llm.model": model, "llm.base_urls": base_urls, "llm.limit": limit}
     return pipeline.reproduce("validate", {k: v for k, v in overrides.items() if v is not None}, project_dir)
+
+
+@flow(name="nightly-evaluation")
+def nightly_evaluation(set_params: dict[str, Any] | None = None,
+                       project_dir: str = str(pipeline.PROJECT_DIR)) -> dict[str, Any]:
+    """`dvc repro evaluate` (re-running whatever is stale upstream; with `set_params` a DVC experiment), then
+    append metrics/eval.json to reports/eval_history.jsonl and show the history as a table artifact."""
+    reproduced = pipeline.reproduce("evaluate", set_params, project_dir)
+    entries = history.record(Path(project_dir), {"flow_run_id": str(flow_run.get_id()), **reproduced})
+    create_table_artifact(key="eval-history", table=history.as_rows(entries),
+                          description="Re-ranked vs zero-shot retrieval, one row per nightly evaluation")
+    latest = entries[-1]
+    get_run_logger().info("Rsum zero-shot %s -> re-ranked %s (%d evaluations in the history)",
+                          latest["zero_shot"]["rsum"], latest["reranked"]["rsum"], len(entries))
+    return latest

@@ -37,6 +37,7 @@ from tasks.config import InputDataError, section
 
 SLOTS = ("subject", "action", "object")
 STATUSES = ("ok", "partial", "empty")
+ATTRIBUTE_ACTIONS = ("is", "are")  # <girl, is, small>: attribute knowledge rather than an action
 STATE_TEMPLATE = "Fine-grained state description of action triplet <{subject}, {action}, {object}> is {state}"
 TRIPLET_TEMPLATE = "A photo capturing a {subject} performing {action} in relation to {object}."
 WRITE_ROWS = 65536  # feature rows scattered into a memory-mapped array at a time
@@ -54,6 +55,7 @@ class FeaturizeConfig:
     batch_size: int = 256
     workers: int = 0
     device: str = "auto"
+    drop_attributes: bool = False  # the paper's "w/o attribute knowledge" ablation: leave out <x, is, y> triplets
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> FeaturizeConfig:
@@ -135,9 +137,12 @@ class SplitKnowledge:
     beyond_max: int  # triplets dropped because a caption had more than K
 
     @classmethod
-    def of(cls, knowledge: pd.DataFrame, max_triplets: int) -> SplitKnowledge:
+    def of(cls, knowledge: pd.DataFrame, max_triplets: int, drop_attributes: bool = False) -> SplitKnowledge:
         rows, ks, triplets, states, beyond = [], [], [], [], 0
         for row, (caption_triplets, caption_states) in enumerate(zip(knowledge["triplets"], knowledge["states"])):
+            if drop_attributes:
+                kept = [(t, s) for t, s in zip(caption_triplets, caption_states) if t["action"] not in ATTRIBUTE_ACTIONS]
+                caption_triplets, caption_states = [t for t, _ in kept], [s for _, s in kept]
             beyond += max(0, len(caption_triplets) - max_triplets)
             for k, (triplet, state) in enumerate(zip(caption_triplets[:max_triplets], caption_states)):
                 rows.append(row)
@@ -207,7 +212,7 @@ def featurize_split(split: str, captions: pd.DataFrame, knowledge: pd.DataFrame,
     images = captions.drop_duplicates("image_id")[["image_id", "image_path"]].reset_index(drop=True)
     images.insert(0, "row", np.arange(len(images), dtype=np.int32))
     image_row = pd.Series(images["row"].to_numpy(), index=images["image_id"]).loc[captions["image_id"]].to_numpy()
-    kept = SplitKnowledge.of(knowledge, config.max_triplets)
+    kept = SplitKnowledge.of(knowledge, config.max_triplets, config.drop_attributes)
     n_captions, k_max, dim = len(captions), config.max_triplets, encoder.dim
     mask = np.zeros((n_captions, k_max), dtype=bool)
     mask[kept.rows, kept.ks] = True

@@ -18,9 +18,10 @@ def param_overrides(set_params: Mapping[str, Any]) -> list[str]:
     return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in set_params.items()]
 
 
-def reproduce(stage: str, set_params: Mapping[str, Any] | None = None,
-              project_dir: str | Path = PROJECT_DIR) -> dict[str, Any]:
-    """`dvc repro STAGE`, or `dvc exp run STAGE -S key=value ...` when parameters are overridden.
+def reproduce(stage: str, set_params: Mapping[str, Any] | None = None, project_dir: str | Path = PROJECT_DIR,
+              experiment_name: str | None = None) -> dict[str, Any]:
+    """`dvc repro STAGE`, or `dvc exp run STAGE -S key=value ...` when parameters are overridden or the run is
+    a named experiment.
 
     Stage commands run `python -m flows.<stage>`: put this interpreter first on PATH so they use this
     environment even when it was never activated.
@@ -29,8 +30,9 @@ def reproduce(stage: str, set_params: Mapping[str, Any] | None = None,
     if search_path.split(os.pathsep)[0] != interpreter_dir:
         os.environ["PATH"] = os.pathsep.join([interpreter_dir, search_path])
     with Repo(str(project_dir)) as repo:
-        if set_params:
-            experiments = repo.experiments.run(targets=[stage], params=param_overrides(set_params))
-            return {"experiments": sorted(experiments.values()), "params": dict(set_params)}
+        if set_params or experiment_name:
+            experiments = repo.experiments.run(targets=[stage], params=param_overrides(set_params or {}),
+                                               name=experiment_name)
+            return {"experiments": sorted(experiments.values()), "params": dict(set_params or {})}
         reproduced = repo.reproduce(stage)
         return {"reproduced": [s.addressing for s in reproduced]}

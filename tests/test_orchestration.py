@@ -35,14 +35,17 @@ def llm_url(tmp_path_factory) -> str:
 
 
 def write_params(root: Path, llm_url: str = "http://127.0.0.1:9/v1", **data) -> Path:
-    """The project's params with a small demo, the scripted LLM server (few captions, one attempt each) and a tiny
-    CLIP trained for one epoch."""
+    """The project's params with a small demo, the scripted LLM server (few captions, one attempt each), a tiny
+    CLIP trained for one epoch and one epoch of each training stage."""
     params = yaml.safe_load((Path(__file__).parent.parent / "params.yaml").read_text())
     params["data"].update(data)
     params["data"]["demo"].update(SMALL_DEMO)
     params["llm"].update(backend="openai", model="scripted-model", base_urls=[llm_url], limit=6, max_attempts=1)
     params["clip"].update(model="ViT-Tiny-Test", device="cpu")
     params["clip"]["scratch"]["epochs"] = 1
+    params["train"].update(device="cpu", batch_size=16, cross_negatives=2)
+    params["train"]["stage1"]["epochs"] = params["train"]["stage2"]["epochs"] = 1
+    params["evaluate"].update(device="cpu", report_queries=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root / "params.yaml"
 
@@ -92,7 +95,8 @@ def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_u
     commit_all(project, "small demo")
     first = run(["dvc", "repro"], project, prefect_api_url)
     assert first.returncode == 0, first.stderr + first.stdout
-    for stage in ("ingest", "knowledge", "validate", "base_clip", "featurize"):
+    for stage in ("ingest", "knowledge", "validate", "base_clip", "featurize", "train_stage1", "train_stage2",
+                  "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
     captions = schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)
     assert len(captions) == 5 * SMALL_DEMO["n_images"]
@@ -102,6 +106,10 @@ def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_u
     meta = json.loads((project / paths.FEATURES / "meta.json").read_text())
     assert sum(split["captions"] for split in meta["splits"].values()) == len(captions)
     assert json.loads((project / paths.BASE_CLIP_REPORT).read_text())["loss_per_epoch"]  # trained from scratch
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    assert evaluation["split"] == "test" and {"zero_shot", "reranked"} <= set(evaluation)
+    plots = run(["dvc", "plots", "show", "--json"], project, prefect_api_url)
+    assert plots.returncode == 0 and "train/loss" in plots.stdout and "recall.csv" in plots.stdout
 
     second = run(["dvc", "repro"], project, prefect_api_url)
     assert second.returncode == 0 and "Running stage" not in second.stdout
@@ -122,7 +130,8 @@ def test_params_and_stages_parse_as_dvc_reads_them():
     root = Path(__file__).parent.parent
     params, pipeline = load_yaml(root / "params.yaml"), load_yaml(root / "dvc.yaml")
     assert params["llm"]["base_urls"] == ["http://127.0.0.1:8000/v1"]
-    assert list(pipeline["stages"]) == ["ingest", "knowledge", "validate", "base_clip", "featurize"]
+    assert list(pipeline["stages"]) == ["ingest", "knowledge", "validate", "base_clip", "featurize", "train_stage1",
+                                        "train_stage2", "evaluate"]
 
 
 def test_param_overrides_follow_dvc_set_param_syntax():
@@ -175,6 +184,18 @@ def test_served_deployments_run_dvc(prefect_api_url, project, llm_url):
         knowledge = schemas.read(project / paths.KNOWLEDGE, schemas.KNOWLEDGE)
         assert len(knowledge) == 45 and (knowledge["status"] != "empty").sum() == 4
         assert yaml.safe_load((project / "params.yaml").read_text())["llm"]["base_urls"] == [llm_url]
+
+        # The nightly evaluation: on its cron schedule, and run now through DVC, keeping a history.
+        with get_client(sync_client=True) as client:
+            nightly = client.read_deployment_by_name("nightly-evaluation/default")
+        assert [schedule.schedule.cron for schedule in nightly.schedules] == ["0 3 * * *"]
+        for _ in range(2):
+            flow_run = run_deployment("nightly-evaluation/default", timeout=400,
+                                      parameters={"project_dir": str(project)})
+            assert flow_run.state.is_completed(), serve_log.read_text()[-3000:]
+        history = [json.loads(line) for line in (project / "reports/eval_history.jsonl").read_text().splitlines()]
+        assert len(history) == 2 and history[0]["reranked"] == history[1]["reranked"]
+        assert "evaluate" in " ".join(history[0]["reproduced"]) and history[1]["reproduced"] == []
     finally:
         # Stop `serve` before the test server goes away, or it hangs pausing its deployments.
         serving.terminate()

@@ -1,0 +1,37 @@
+"""The evaluation history the nightly deployment keeps: one JSON line per run of metrics/eval.json."""
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+EVAL_METRICS = Path("metrics/eval.json")
+HISTORY = Path("reports/eval_history.jsonl")
+
+
+def _git_revision(project_dir: Path) -> str | None:
+    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True)
+    return found.stdout.strip() or None
+
+
+def record(project_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """Append the current metrics/eval.json (with time, git revision and `run`) to the history; return it all."""
+    metrics = json.loads((project_dir / EVAL_METRICS).read_text(encoding="utf-8"))
+    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "git_revision": _git_revision(project_dir), **run, "split": metrics["split"],
+             "zero_shot": metrics["zero_shot"], "reranked": metrics["reranked"]}
+    history_file = project_dir / HISTORY
+    history_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(history_file, "a", encoding="utf-8") as history:
+        history.write(json.dumps(entry) + "\n")
+    return [json.loads(line) for line in history_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def as_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flat rows (newest first) for a table: time, revision, and re-ranked vs zero-shot Rsum and R@1."""
+    return [{"time": entry["time"], "git_revision": (entry["git_revision"] or "")[:10], "split": entry["split"],
+             "rsum_zero_shot": entry["zero_shot"]["rsum"], "rsum_reranked": entry["reranked"]["rsum"],
+             "i2t_r1": entry["reranked"]["i2t_r1"], "t2i_r1": entry["reranked"]["t2i_r1"]}
+            for entry in reversed(history)]

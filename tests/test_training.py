@@ -1,0 +1,171 @@
+"""Training stages 1/2 and evaluation on a tiny CLIP: resume after kill -9, determinism, DDP, modes, reports."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tasks import base_clip, featurize, schemas
+from tasks.config import InputDataError
+from tasks.retrieval import recalls
+from tasks.train import TrainConfig
+from tests.small_demo import TINY_CLIP, knowledge_from_truth, write_demo
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARAMS = {
+    "prompt": {"n_visual_prompts": 2, "adapter_dim": 16, "triplet_layers": 1},
+    "train": {"negatives": "cross", "cross_negatives": 2, "batch_size": 8, "device": "cpu", "checkpoint_every": 2,
+              "stage1": {"epochs": 2, "lr": 0.003, "warmup_steps": 2}, "stage2": {"epochs": 1, "lr": 0.001}},
+    "evaluate": {"device": "cpu", "batch_size": 64, "report_queries": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def features_project(tmp_path_factory) -> Path:
+    """A folder laid out like the repository after `featurize`: tiny backbone, features, knowledge."""
+    root = tmp_path_factory.mktemp("trained")
+    captions_path, truth = write_demo(root / "data/interim", n_images=32)
+    captions = schemas.read(captions_path, schemas.CAPTIONS)
+    schemas.write(knowledge_from_truth(captions, truth), schemas.KNOWLEDGE, root / "data/processed/knowledge.parquet")
+    clip = base_clip.ClipConfig.from_params({"clip": {"model": TINY_CLIP, "pretrained": "scratch", "device": "cpu",
+                                                      "scratch": {"epochs": 1, "batch_size": 16}}})
+    base_clip.run(clip, captions_path=captions_path, out_dir=root / "models/base_clip",
+                  report_path=root / "reports/base_clip.json")
+    features = featurize.FeaturizeConfig.from_params({"featurize": {"device": "cpu"}, "llm": {"max_triplets": 4}})
+    featurize.run(features, backbone_dir=root / "models/base_clip", captions_path=captions_path,
+                  knowledge_path=root / "data/processed/knowledge.parquet", out_dir=root / "data/features",
+                  report_path=root / "reports/featurize.json")
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    return root
+
+
+def copy_project(source: Path, target: Path, **train) -> Path:
+    shutil.copytree(source, target)
+    params = yaml.safe_load((target / "params.yaml").read_text())
+    params["train"].update(train)
+    (target / "params.yaml").write_text(yaml.safe_dump(params))
+    return target
+
+
+def python(*args: str, cwd: Path, **popen) -> subprocess.Popen:
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-3000:]
+    return out
+
+
+def train_and_evaluate(root: Path) -> dict:
+    for stage in ("1", "2"):
+        finish(python("-m", "tasks.train", stage, cwd=root))
+    finish(python("-c", "from tasks import evaluate; from tasks.config import load_params; "
+                        "evaluate.run(load_params(), progress=False)", cwd=root))
+    return json.loads((root / "metrics/eval.json").read_text())
+
+
+def without_timings(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("seconds", "prefix_seconds", "resumed_from_step")}
+
+
+def test_kill_9_resumes_and_the_same_seed_gives_the_same_result(features_project, tmp_path):
+    straight = copy_project(features_project, tmp_path / "straight")
+    resumed = copy_project(features_project, tmp_path / "resumed")
+    straight_eval = train_and_evaluate(straight)
+
+    running = python("-m", "tasks.train", "1", cwd=resumed)
+    deadline = time.monotonic() + 240
+    while not list((resumed / "checkpoints/stage1").glob("step-*/position.json")):
+        assert running.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    running.send_signal(signal.SIGKILL)
+    running.wait()
+    assert not (resumed / "models/stage1").exists()
+    resumed_eval = train_and_evaluate(resumed)
+
+    stage1 = json.loads((resumed / "metrics/train_stage1.json").read_text())
+    assert stage1["resumed_from_step"] >= 2
+    for stage in ("stage1", "stage2"):
+        a = load_file(straight / "models" / stage / "model.safetensors")
+        b = load_file(resumed / "models" / stage / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a), stage
+    assert without_timings(json.loads((straight / "metrics/train_stage1.json").read_text())) == without_timings(stage1)
+    assert without_timings(straight_eval) == without_timings(resumed_eval)
+
+
+@pytest.mark.parametrize("mode", ["one_stage", "combined"])
+def test_single_stage_modes_pass_stage_one_on(features_project, tmp_path, mode):
+    root = copy_project(features_project, tmp_path / mode, mode=mode, stage1={"epochs": 1, "lr": 0.003})
+    for stage in ("1", "2"):
+        finish(python("-m", "tasks.train", stage, cwd=root))
+    assert json.loads((root / "metrics/train_stage2.json").read_text())["skipped"] == f"train.mode is {mode}"
+    stage1 = load_file(root / "models/stage1/model.safetensors")
+    stage2 = load_file(root / "models/stage2/model.safetensors")
+    assert all(torch.equal(stage1[name], stage2[name]) for name in stage1)
+
+
+def test_paired_and_cross_negatives_train_differently(features_project, tmp_path):
+    weights = {}
+    for negatives in ("paired", "cross"):
+        root = copy_project(features_project, tmp_path / negatives, negatives=negatives, stage1={"epochs": 1, "lr": 0.003})
+        finish(python("-m", "tasks.train", "1", cwd=root))
+        summary = json.loads((root / "metrics/train_stage1.json").read_text())
+        assert summary["negatives"] == negatives and np.isfinite(summary["final_loss"])
+        weights[negatives] = load_file(root / "models/stage1/model.safetensors")
+    assert not all(torch.equal(weights["paired"][n], weights["cross"][n]) for n in weights["paired"])
+
+
+def test_ddp_with_two_gloo_processes(features_project, tmp_path):
+    root = copy_project(features_project, tmp_path / "ddp", processes=2, stage1={"epochs": 1, "lr": 0.003})
+    finish(python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tasks.train", "1",
+                  cwd=root), timeout=400)
+    summary = json.loads((root / "metrics/train_stage1.json").read_text())
+    assert summary["processes"] == 2
+    n_train = len(schemas.read(root / "data/features/train/captions.parquet", schemas.FEATURE_CAPTIONS))
+    assert summary["steps"] == n_train // (8 * 2)  # each process takes its own share of every epoch
+    assert (root / "models/stage1/model.safetensors").is_file()
+
+
+def test_stage_two_then_evaluation_of_zero_shot_and_reranked_side_by_side(features_project, tmp_path):
+    root = copy_project(features_project, tmp_path / "eval")
+    result = train_and_evaluate(root)
+    stage1 = load_file(root / "models/stage1/model.safetensors")
+    stage2 = load_file(root / "models/stage2/model.safetensors")
+    changed = {name for name in stage1 if not torch.equal(stage1[name], stage2[name])}
+    assert changed and all(name.startswith("interaction.") for name in changed)  # stage 2 trains AIM only
+
+    keys = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"}
+    assert set(result["zero_shot"]) == keys and set(result["reranked"]) == keys
+    test = root / "data/features/test"
+    image_row = schemas.read(test / "captions.parquet", schemas.FEATURE_CAPTIONS)["image_row"].to_numpy()
+    assert result["zero_shot"] == recalls(np.load(test / "topk_i2t.npy"), np.load(test / "topk_t2i.npy"), image_row)
+    assert result["split"] == "test" and result["captions"] == 5 * result["images"]
+    report = (root / "reports/retrieval.html").read_text()
+    assert "data:image/png;base64," in report and "http://" not in report and "https://" not in report
+    assert report.count("<section>") == 8  # report_queries per direction
+    assert (root / "plots/recall.csv").read_text().startswith("metric,method,recall")
+
+
+@pytest.mark.parametrize("train, message", [({"mode": "three_stage"}, "train.mode"),
+                                            ({"negatives": "random"}, "train.negatives"),
+                                            ({"stage1": {"epochs": 1}}, "lr"),
+                                            ({"learning_rate": 1}, "unknown keys")])
+def test_bad_train_params_are_named(train, message):
+    params = yaml.safe_load(yaml.safe_dump(PARAMS))
+    params["train"].update(train)
+    with pytest.raises(InputDataError, match=message):
+        TrainConfig.from_params(params)
