@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from model import ActionAwareCLIP, ImagePrefix, Knowledge, PromptConfig, contrastive_loss, triplet_loss
 from tasks import paths
@@ -401,7 +402,9 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
     for epoch in range(position["epoch"], stage_config.epochs):
         # The order depends only on (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
         order = np.random.default_rng([config.seed, epoch]).permutation(n_captions)
-        for batch_index in range(position["batch"], batches_per_epoch):
+        steps = tqdm(range(position["batch"], batches_per_epoch), desc=f"stage {stage} epoch {epoch + 1}/"
+                     f"{stage_config.epochs}", unit="step", disable=not (progress and dist_env.main))
+        for batch_index in steps:
             global_batch = batch_index * dist_env.world + dist_env.rank
             captions = order[global_batch * config.batch_size:(global_batch + 1) * config.batch_size]
             if config.negatives == "cross":
@@ -418,6 +421,7 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
             scheduler.step()
             position.update(batch=batch_index + 1, global_step=position["global_step"] + 1,
                             epoch_loss=position["epoch_loss"] + loss.item())
+            steps.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             if live:
                 live.log_metric("train/loss", loss.item())
                 live.log_metric("train/lr", scheduler.get_last_lr()[0])
