@@ -140,7 +140,11 @@ def load_model(model_dir: Path, backbone_dir: Path = paths.BASE_CLIP,
     clip, preprocess, _ = load_backbone(backbone_dir, device)
     if sha256_of(backbone_dir / "open_clip_model.safetensors") != config["backbone_sha256"]:
         raise InputDataError(f"{model_dir}: trained on another backbone than {backbone_dir}; run `dvc repro`")
-    model = ActionAwareCLIP(clip, PromptConfig.from_mapping(config["prompt"])).to(device)
+    try:
+        prompt = PromptConfig.from_mapping(config["prompt"])
+    except (TypeError, ValueError) as exc:
+        raise InputDataError(f"{model_dir / CONFIG_FILE}: {exc} (made by another version? run `dvc repro`)") from None
+    model = ActionAwareCLIP(clip, prompt).to(device)
     load_prompt_state(model, model_dir / WEIGHTS_FILE)
     return model.eval(), preprocess, config
 
