@@ -65,7 +65,7 @@ class TrainConfig:
     stage2: StageConfig
     mode: str = "two_stage"
     negatives: str = "cross"
-    cross_negatives: int = 7       # per direction and anchor
+    cross_negatives: int = 3       # per direction and anchor
     margin: float = 0.2            # α of the triplet loss
     batch_size: int = 32           # anchors per step and process
     seed: int = 0
