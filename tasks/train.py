@@ -11,7 +11,8 @@ negatives drawn from the zero-shot top-k as at inference (captions for the image
 
 Runs resume: a checkpoint (safetensors weights + optimizer state + position) is written every
 `train.checkpoint_every` steps and at every epoch end, into a folder DVC keeps across runs; a re-run with the
-same inputs continues from the last one, a run with other inputs starts afresh. With `train.processes` > 1
+same inputs continues from the last one, a run with other inputs starts afresh, and a finished run removes its
+checkpoints. With `train.processes` > 1
 the stage runs under torchrun with DistributedDataParallel (NCCL on GPUs, gloo on CPUs).
 """
 from __future__ import annotations
@@ -184,6 +185,9 @@ class Checkpoints:
         partial.rename(target)
         for old in sorted(self.folder.glob("step-*[0-9]"))[:-self.keep]:
             shutil.rmtree(old)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     @staticmethod
     def restore(checkpoint: Path, model: ActionAwareCLIP, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -458,6 +462,9 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
                "processes": dist_env.world, "device": str(device), "seconds": round(time.perf_counter() - started, 1)}
     save_model(model, where["out"], description)
     _write_json(where["metrics"], summary)
+    # Checkpoints exist to finish an interrupted run; a finished one is in models/ (and DVC's cache), and keeping
+    # its checkpoints would let a later run (say, after a code change) "resume" a run that is already over.
+    checkpoints.clear()
     return summary
 
 

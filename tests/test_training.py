@@ -99,6 +99,9 @@ def test_kill_9_resumes_and_the_same_seed_gives_the_same_result(features_project
 
     stage1 = json.loads((resumed / "metrics/train_stage1.json").read_text())
     assert stage1["resumed_from_step"] >= 2
+    assert not (resumed / "checkpoints/stage1").exists()  # a finished run leaves nothing to resume
+    logged = (resumed / "dvclive/train_stage1/plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert len(logged) - 1 >= stage1["steps"]  # the plot continued across the kill (header + a row per step)
     for stage in ("stage1", "stage2"):
         a = load_file(straight / "models" / stage / "model.safetensors")
         b = load_file(resumed / "models" / stage / "model.safetensors")
