@@ -28,10 +28,6 @@ from tasks.rerank import Reranked, rerank
 from tasks.retrieval import recalls
 from tasks.train import load_model
 
-EVAL_METRICS = Path("metrics/eval.json")
-RECALL_PLOT = Path("plots/recall.csv")
-RANK_PLOT = Path("plots/rank_shift.csv")
-REPORT = Path("reports/retrieval.html")
 SHOWN = 5  # candidates shown per query in the report
 
 
@@ -65,7 +61,7 @@ def correct_ranks(split: FeatureSplit, i2t: np.ndarray, t2i: np.ndarray) -> tupl
 
 
 def run(params: dict[str, Any], features_dir: Path = paths.FEATURES, knowledge_path: Path = paths.KNOWLEDGE,
-        cache_dir: Path = Path("data/cache/prefixes"), progress: bool = True) -> dict[str, Any]:
+        cache_dir: Path = paths.PREFIX_CACHE, progress: bool = True) -> dict[str, Any]:
     config = EvaluateConfig.from_params(params)
     device = resolve_device(config.device, "evaluate.device")
     started = time.perf_counter()
@@ -84,10 +80,10 @@ def run(params: dict[str, Any], features_dir: Path = paths.FEATURES, knowledge_p
                        if after[name] is not None and zero_shot[name] is not None},
               "pairs_scored": reranked.pairs, "seconds": round(seconds, 2),
               "prefix_seconds": round(prefix_seconds, 2), "device": str(device)}
-    _write_json(EVAL_METRICS, result)
+    _write_json(paths.EVAL_METRICS, result)
     _write_plots(split, reranked, zero_shot, after)
     knowledge = schemas.read(knowledge_path, schemas.KNOWLEDGE).set_index("caption_id")
-    write_report(REPORT, split, reranked, knowledge, result, config)
+    write_report(paths.RETRIEVAL_REPORT, split, reranked, knowledge, result, config)
     return result
 
 
@@ -97,16 +93,16 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 
 def _write_plots(split: FeatureSplit, reranked: Reranked, zero_shot: dict, after: dict) -> None:
-    RECALL_PLOT.parent.mkdir(parents=True, exist_ok=True)
+    paths.RECALL_PLOT.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"metric": name, "method": method, "recall": values[name]}
             for method, values in (("zero_shot", zero_shot), ("reranked", after))
             for name in values if name != "rsum" and values[name] is not None]
-    pd.DataFrame(rows).to_csv(RECALL_PLOT, index=False)
+    pd.DataFrame(rows).to_csv(paths.RECALL_PLOT, index=False)
     zero_i2t, zero_t2i = correct_ranks(split, np.asarray(split.topk_i2t), np.asarray(split.topk_t2i))
     new_i2t, new_t2i = correct_ranks(split, reranked.i2t, reranked.t2i)
     shifts = pd.concat([pd.DataFrame({"direction": "i2t", "zero_shot_rank": zero_i2t, "reranked_rank": new_i2t}),
                         pd.DataFrame({"direction": "t2i", "zero_shot_rank": zero_t2i, "reranked_rank": new_t2i})])
-    shifts[(shifts.zero_shot_rank > 0)].to_csv(RANK_PLOT, index=False)
+    shifts[(shifts.zero_shot_rank > 0)].to_csv(paths.RANK_PLOT, index=False)
 
 
 # ---------------------------------------------------------------- the HTML report

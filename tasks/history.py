@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-EVAL_METRICS = Path("metrics/eval.json")
-HISTORY = Path("reports/eval_history.jsonl")
+from tasks import paths
+
 
 
 def _git_revision(project_dir: Path) -> str | None:
@@ -18,11 +18,11 @@ def _git_revision(project_dir: Path) -> str | None:
 
 def record(project_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
     """Append the current metrics/eval.json (with time, git revision and `run`) to the history; return it all."""
-    metrics = json.loads((project_dir / EVAL_METRICS).read_text(encoding="utf-8"))
+    metrics = json.loads((project_dir / paths.EVAL_METRICS).read_text(encoding="utf-8"))
     entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "git_revision": _git_revision(project_dir), **run, "split": metrics["split"],
              "zero_shot": metrics["zero_shot"], "reranked": metrics["reranked"]}
-    history_file = project_dir / HISTORY
+    history_file = project_dir / paths.EVAL_HISTORY
     history_file.parent.mkdir(parents=True, exist_ok=True)
     with open(history_file, "a", encoding="utf-8") as history:
         history.write(json.dumps(entry) + "\n")

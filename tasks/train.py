@@ -326,7 +326,7 @@ def _losses(stage: int, mode: str) -> tuple[str, ...]:
 
 
 def run(stage: int, params: dict[str, Any], features_dir: Path = paths.FEATURES, backbone_dir: Path = paths.BASE_CLIP,
-        cache_dir: Path = Path("data/cache/prefixes"), progress: bool = True) -> dict[str, Any]:
+        cache_dir: Path = paths.PREFIX_CACHE, progress: bool = True) -> dict[str, Any]:
     """Train stage 1 or 2 and write models/stage<N>/, metrics/train_stage<N>.json and dvclive/train_stage<N>/."""
     config, prompt = TrainConfig.from_params(params), prompt_config(params)
     where = stage_paths(stage)
