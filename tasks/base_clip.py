@@ -1,7 +1,8 @@
 """Stage `base_clip`: the frozen CLIP backbone -> models/base_clip/ (an open_clip local-dir) and reports/base_clip.json.
 
 `clip.pretrained` is an open_clip tag (downloaded by open_clip), a local weights file, or `scratch`: `clip.model`
-trained contrastively on the train split's (image, caption) pairs, seeded so a CPU run is repeatable.
+trained contrastively, seeded so a CPU run is repeatable, on `clip.scratch.corpus`: the train split's (image,
+caption) pairs, or a demo corpus drawn apart from the data set (the stand-in for CLIP's web-scale pretraining).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tempfile
+
 import numpy as np
 import open_clip
 import pandas as pd
@@ -21,8 +24,10 @@ from tqdm import tqdm
 
 from tasks import backbone, paths, retrieval, schemas
 from tasks.config import InputDataError, section
+from tasks.demo_data import generate_demo
 
 SCRATCH = "scratch"
+CORPORA = ("train", "demo")
 EVAL_BATCH = 256
 
 
@@ -35,6 +40,9 @@ class ScratchConfig:
     warmup_steps: int = 50
     seed: int = 0
     workers: int = 0  # image-decoding processes; 0 decodes in the training process
+    corpus: str = "train"  # train: the train split's pairs | demo: a demo corpus drawn with corpus_seed
+    corpus_images: int = 960
+    corpus_seed: int = 1
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,9 @@ class ClipConfig:
                 raise InputDataError(f"params.yaml: clip.scratch.{key}: must be >= 0")
         if not config.scratch.lr > 0:
             raise InputDataError("params.yaml: clip.scratch.lr: must be > 0")
+        if config.scratch.corpus not in CORPORA:
+            raise InputDataError(f"params.yaml: clip.scratch.corpus: must be one of {list(CORPORA)}, "
+                                 f"got {config.scratch.corpus!r}")
         return config
 
 
@@ -139,6 +150,18 @@ def train_from_scratch(name: str, captions: pd.DataFrame, config: ScratchConfig,
     return model.eval(), losses
 
 
+def demo_corpus(folder: Path, model_cfg: dict[str, Any], config: ScratchConfig) -> pd.DataFrame:
+    """Demo scenes drawn with their own seed, all in the train split, at the model's input size."""
+    size = model_cfg["vision_cfg"]["image_size"]
+    image_size = min(max(size if isinstance(size, int) else size[0], 32), 256)  # the generator's range
+    try:
+        corpus, _ = generate_demo(folder, config.corpus_images, image_size, config.corpus_seed,
+                                  {"train": 1.0, "val": 0.0, "test": 0.0})
+    except ValueError as exc:
+        raise InputDataError(f"params.yaml: clip.scratch (corpus demo): {exc}") from None
+    return corpus
+
+
 def zero_shot_recalls(model: open_clip.CLIP, preprocess: Any, tokenizer: Any, captions: pd.DataFrame,
                       device: torch.device) -> dict[str, Any]:
     """Recall@1/5/10 of the model on one split's captions (5 captions per image protocol)."""
@@ -167,11 +190,17 @@ def run(config: ClipConfig, captions_path: Path = paths.CAPTIONS, out_dir: Path 
         if not captions_path.is_file():
             raise InputDataError(f"{captions_path}: not found; run `dvc repro ingest`")
         captions = schemas.read(captions_path, schemas.CAPTIONS)
-        if not (captions["split"] == "train").any():
-            raise InputDataError(f"{captions_path}: no train captions to train clip.model '{config.model}' from "
-                                 "scratch (clip.pretrained: scratch)")
-        model, losses = train_from_scratch(config.model, captions, config.scratch, device)
         report["source"] = {"kind": SCRATCH, **asdict(config.scratch)}
+        if config.scratch.corpus == "demo":
+            with tempfile.TemporaryDirectory(prefix="clip-corpus-") as corpus_dir:
+                corpus = demo_corpus(Path(corpus_dir), model_cfg, config.scratch)
+                model, losses = train_from_scratch(config.model, corpus, config.scratch, device)
+            report["source"]["corpus_pairs"] = len(corpus)
+        else:
+            if not (captions["split"] == "train").any():
+                raise InputDataError(f"{captions_path}: no train captions to train clip.model '{config.model}' "
+                                     "from scratch (clip.pretrained: scratch, clip.scratch.corpus: train)")
+            model, losses = train_from_scratch(config.model, captions, config.scratch, device)
         report["loss_per_epoch"] = losses
     else:
         model, model_cfg, report["source"] = backbone.create_pretrained(config.model, config.pretrained)

@@ -6,7 +6,9 @@ Images come in groups of four twins sharing the same two actors: the base scene 
 its role swap (B acts on A), an action swap (A does another action to B) and the action swap's
 role swap. Twins share their caption plan (templates, synonyms, mentioned attributes), so role
 swaps' captions are word permutations of each other and action swaps' differ only in the verb
-phrase: a bag-of-words model cannot tell the twins apart. Everything is a pure function of the seed.
+phrase: a bag-of-words model cannot tell the twins apart. Passive captions ("a cat is chased by a
+dog") are optional: they name the patient first, which a small LLM turns into swapped roles.
+Everything is a pure function of the seed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ _TEMPLATES: dict[str, tuple[str, bool]] = {
     "place_end": ("{agent} {present} {patient} {place}", True),
     "place_front": ("{place}, {agent} is {gerund} {patient}", True),
 }
+_PASSIVE_TEMPLATES = ("passive", "passive_progressive")
 _PLACES = ("in the park", "on the grass", "outside", "in a field")
 _ATTRIBUTE_MODES = ("none", "colour", "size", "both")
 _ATTRIBUTE_MODE_WEIGHTS = (0.2, 0.35, 0.15, 0.3)
@@ -93,9 +96,10 @@ class _CaptionPlan:
 
 
 def generate_demo(image_dir: Path, n_images: int, image_size: int, seed: int,
-                  split_fractions: Mapping[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  split_fractions: Mapping[str, float],
+                  passive_voice: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Draw the demo scenes into image_dir (PNG files, created if missing) and return
-    (captions, true_triplets)."""
+    (captions, true_triplets); passive_voice=False leaves out the passive caption templates."""
     fractions = _validated_fractions(split_fractions)
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < GROUP_SIZE:
         raise ValueError(f"n_images must be an integer >= {GROUP_SIZE}, got {n_images!r}")
@@ -103,7 +107,10 @@ def generate_demo(image_dir: Path, n_images: int, image_size: int, seed: int,
         raise ValueError(f"image_size must be an integer between 32 and 256, got {image_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(passive_voice, bool):
+        raise ValueError(f"passive_voice must be true or false, got {passive_voice!r}")
 
+    templates = [name for name in _TEMPLATES if passive_voice or name not in _PASSIVE_TEMPLATES]
     image_dir = Path(image_dir)
     image_dir.mkdir(parents=True, exist_ok=True)
     n_groups = math.ceil(n_images / GROUP_SIZE)
@@ -115,7 +122,7 @@ def generate_demo(image_dir: Path, n_images: int, image_size: int, seed: int,
         rng = np.random.default_rng([seed, _GROUP_STREAM, group])
         members = min(GROUP_SIZE, n_images - group * GROUP_SIZE)
         scenes = _twin_scenes(rng)[:members]
-        plans = _plan_captions(rng, same_noun=scenes[0].agent.noun == scenes[0].patient.noun)
+        plans = _plan_captions(rng, templates, same_noun=scenes[0].agent.noun == scenes[0].patient.noun)
         for member, scene in enumerate(scenes):
             image_id = f"demo_{group * GROUP_SIZE + member:05d}"
             image_path = image_dir / f"{image_id}.png"
@@ -176,10 +183,9 @@ def _twin_scenes(rng: np.random.Generator) -> list[Scene]:
             Scene(first, other_action, second), Scene(second, other_action, first)]
 
 
-def _plan_captions(rng: np.random.Generator, same_noun: bool) -> list[_CaptionPlan]:
-    templates = rng.choice(list(_TEMPLATES), size=CAPTIONS_PER_IMAGE, replace=False)
+def _plan_captions(rng: np.random.Generator, templates: list[str], same_noun: bool) -> list[_CaptionPlan]:
     plans = []
-    for template in templates:
+    for template in rng.choice(templates, size=CAPTIONS_PER_IMAGE, replace=False):
         # Two actors with one noun can only be told apart by colour.
         weights = np.array(_ATTRIBUTE_MODE_WEIGHTS) * [not same_noun, 1, not same_noun, 1]
         attributes = str(rng.choice(_ATTRIBUTE_MODES, p=weights / weights.sum()))

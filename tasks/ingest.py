@@ -46,6 +46,7 @@ class DemoConfig:
     n_images: int = 480
     image_size: int = 64
     splits: Mapping[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
+    passive_voice: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ def _resolve(image_root: Path | None, relative: pd.Series) -> pd.Series:
 def _read_demo(config: IngestConfig, image_dir: Path) -> SourceRows:
     demo = config.demo
     try:
-        captions, triplets = generate_demo(image_dir, demo.n_images, demo.image_size, config.seed, demo.splits)
+        captions, triplets = generate_demo(image_dir, demo.n_images, demo.image_size, config.seed, demo.splits,
+                                          demo.passive_voice)
     except ValueError as exc:
         raise InputDataError(f"params.yaml: data.demo: {exc}") from None
     frame = captions.assign(row=range(len(captions)))

@@ -49,6 +49,7 @@ from tasks.retrieval import recalls
 MODES = ("two_stage", "one_stage", "combined")
 NEGATIVES = ("paired", "cross")
 WEIGHTS_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
 CONFIG_FILE = "config.json"
 
 
@@ -67,6 +68,7 @@ class TrainConfig:
     mode: str = "two_stage"
     negatives: str = "cross"
     cross_negatives: int = 3       # per direction and anchor
+    negative_pool: int | None = 5  # cross: drawn from the anchor's N best-ranked wrong candidates (None: all k)
     margin: float = 0.2            # α of the triplet loss
     batch_size: int = 32           # anchors per step and process
     seed: int = 0
@@ -76,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 200    # steps; and at every epoch end
     keep_checkpoints: int = 2
     validate_every: int = 1        # epochs between re-ranked recalls on the val split (0: never)
+    select_best: bool = True       # keep the validated weights (incl. the start) with the best val Rsum
     prefix_cache: bool = True      # cache the image prefixes on disk (data/cache/prefixes)
     score_batch_size: int = 256    # pairs per forward pass when re-ranking
     workers: int = 0               # image decoding workers when filling the prefix cache
@@ -98,6 +101,8 @@ class TrainConfig:
             raise InputDataError(f"params.yaml: train.negatives must be one of {NEGATIVES}, got {config.negatives!r}")
         if config.batch_size < 2 or config.cross_negatives < 1 or config.processes < 1:
             raise InputDataError("params.yaml: train.batch_size must be >= 2, cross_negatives and processes >= 1")
+        if config.negative_pool is not None and config.negative_pool < config.cross_negatives:
+            raise InputDataError("params.yaml: train.negative_pool must be null or >= train.cross_negatives")
         return config
 
 
@@ -169,10 +174,7 @@ class Checkpoints:
 
     def save(self, model: ActionAwareCLIP, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
              position: dict[str, Any]) -> None:
-        if not self._current():
-            shutil.rmtree(self.folder, ignore_errors=True)  # checkpoints of other inputs
-            self.folder.mkdir(parents=True)
-            (self.folder / "fingerprint.txt").write_text(self.fingerprint + "\n")
+        self._claim()
         target = self.folder / f"step-{position['global_step']:08d}"
         partial = target.with_suffix(".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -185,6 +187,19 @@ class Checkpoints:
         partial.rename(target)
         for old in sorted(self.folder.glob("step-*[0-9]"))[:-self.keep]:
             shutil.rmtree(old)
+
+    def save_best(self, model: ActionAwareCLIP) -> None:
+        """The best weights so far; the position saved next records which epoch they are."""
+        self._claim()
+        partial = self.folder / (BEST_FILE + ".partial")
+        save_file(prompt_state(model), partial)
+        partial.replace(self.folder / BEST_FILE)
+
+    def _claim(self) -> None:
+        if not self._current():
+            shutil.rmtree(self.folder, ignore_errors=True)  # checkpoints of other inputs
+            self.folder.mkdir(parents=True)
+            (self.folder / "fingerprint.txt").write_text(self.fingerprint + "\n")
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -218,24 +233,28 @@ def paired_batch(split: FeatureSplit, source: PrefixSource, captions: np.ndarray
                  torch.from_numpy(images).to(device))
 
 
-def sample_negatives(candidates: np.ndarray, valid: np.ndarray, count: int,
+def sample_negatives(candidates: np.ndarray, valid: np.ndarray, count: int, pool: int | None,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """`count` random valid entries per row of the zero-shot candidates (fewer valid: padded, marked invalid)."""
-    priority = np.where(valid, rng.random(valid.shape), np.inf)
+    """`count` random entries per row among the first `pool` valid zero-shot candidates (ranked best first;
+    None: all valid ones); fewer eligible: padded, marked invalid."""
+    eligible = valid if pool is None else valid & (np.cumsum(valid, axis=1) <= pool)
+    priority = np.where(eligible, rng.random(valid.shape), np.inf)
     chosen = np.argsort(priority, axis=1, kind="stable")[:, :count]
-    return np.take_along_axis(candidates, chosen, axis=1), np.take_along_axis(valid, chosen, axis=1)
+    return np.take_along_axis(candidates, chosen, axis=1), np.take_along_axis(eligible, chosen, axis=1)
 
 
-def cross_batch(split: FeatureSplit, source: PrefixSource, captions: np.ndarray, count: int,
+def cross_batch(split: FeatureSplit, source: PrefixSource, captions: np.ndarray, count: int, pool: int | None,
                 rng: np.random.Generator, device: torch.device) -> Batch:
     """Pairs: the B positives, then each anchor image under `count` other captions, then each anchor caption
-    on `count` other images; the negatives come from the anchors' zero-shot top-k."""
+    on `count` other images; the negatives come from the anchors' zero-shot top-k (its first `pool` wrong
+    entries: the near misses re-ranking has to sort out)."""
     images = split.image_row[captions]
     caption_candidates = np.asarray(split.topk_i2t[images])
     negative_captions, caption_valid = sample_negatives(
-        caption_candidates, split.image_row[caption_candidates] != images[:, None], count, rng)
+        caption_candidates, split.image_row[caption_candidates] != images[:, None], count, pool, rng)
     image_candidates = np.asarray(split.topk_t2i[captions])
-    negative_images, image_valid = sample_negatives(image_candidates, image_candidates != images[:, None], count, rng)
+    negative_images, image_valid = sample_negatives(image_candidates, image_candidates != images[:, None], count,
+                                                    pool, rng)
     pair_images = np.concatenate([images, np.repeat(images, count), negative_images.ravel()])
     pair_captions = np.concatenate([captions, negative_captions.ravel(), np.repeat(captions, count)])
     return Batch(source.prefix(pair_images), split.knowledge(pair_captions, device),
@@ -401,11 +420,27 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
                                                                  dist_env.world), config.keep_checkpoints)
     latest = checkpoints.latest()
     # Where training stands; saved with every checkpoint, so a resumed run also keeps the epochs' history.
-    position: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "epoch_loss": 0.0, "history": []}
+    position: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "epoch_loss": 0.0, "history": [],
+                                "best": None}
     if latest is not None:
         position = Checkpoints.restore(latest, model, optimizer, scheduler, scaler)
     live = Live(str(where["live"]), resume=latest is not None, report=None, save_dvc_exp=False, dvcyaml=None) \
         if dist_env.main else None
+    validates = dist_env.main and val_split is not None and config.validate_every > 0
+
+    def validate() -> dict[str, float | None]:
+        reranked = rerank(model, val_source, val_split, config.score_batch_size, device, progress=False)
+        return recalls(reranked.i2t, reranked.t2i, val_split.image_row)
+
+    def keep_if_best(epoch: int, val: dict[str, float | None]) -> None:
+        if config.select_best and (position["best"] is None or val["rsum"] > position["best"]["rsum"]):
+            checkpoints.save_best(model)
+            position["best"] = {"epoch": epoch, "rsum": val["rsum"]}
+
+    if validates and config.select_best and latest is None:  # the start competes too: training may not help
+        start = validate()
+        keep_if_best(0, start)
+        position["history"] = [{"epoch": 0, "val": start}]
     model.train()
     for epoch in range(position["epoch"], stage_config.epochs):
         # The order depends only on (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
@@ -417,7 +452,8 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
             captions = order[global_batch * config.batch_size:(global_batch + 1) * config.batch_size]
             if config.negatives == "cross":
                 rng = np.random.default_rng([config.seed, epoch, global_batch])
-                batch = cross_batch(train_split, train_source, captions, config.cross_negatives, rng, device)
+                batch = cross_batch(train_split, train_source, captions, config.cross_negatives,
+                                    config.negative_pool, rng, device)
             else:
                 batch = paired_batch(train_split, train_source, captions, device)
             with _autocast(device, config.amp):
@@ -437,9 +473,9 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
             if dist_env.main and config.checkpoint_every and position["global_step"] % config.checkpoint_every == 0:
                 checkpoints.save(model, optimizer, scheduler, scaler, position)
         epoch_report = {"epoch": epoch + 1, "loss": round(position["epoch_loss"] / batches_per_epoch, 6)}
-        if live and val_split is not None and config.validate_every and (epoch + 1) % config.validate_every == 0:
-            reranked = rerank(model, val_source, val_split, config.score_batch_size, device, progress=False)
-            epoch_report["val"] = recalls(reranked.i2t, reranked.t2i, val_split.image_row)
+        if validates and (epoch + 1) % config.validate_every == 0:
+            epoch_report["val"] = validate()
+            keep_if_best(epoch + 1, epoch_report["val"])
             for name, value in epoch_report["val"].items():
                 if value is not None:
                     live.log_metric(f"val/{name}", value)
@@ -453,10 +489,14 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
         return {}
     live.end()
     history = position["history"]
+    selected = position["best"] if config.select_best else None
+    if selected is not None:
+        load_prompt_state(model, checkpoints.folder / BEST_FILE)
     summary = {"stage": stage, "mode": config.mode, "negatives": config.negatives, "epochs": stage_config.epochs,
                "steps": total_steps, "resumed_from_step": None if latest is None else int(latest.name.split("-")[1]),
-               "final_loss": history[-1]["loss"] if history else None,
-               "val": next((h["val"] for h in reversed(history) if "val" in h), None), "history": history,
+               "final_loss": history[-1].get("loss") if history else None, "selected": selected,
+               "val": next((h["val"] for h in reversed(history) if "val" in h
+                            and (selected is None or h["epoch"] == selected["epoch"])), None), "history": history,
                "trainable_parameters": sum(p.numel() for p in trainable.values()),
                "backbone_parameters": sum(p.numel() for p in model.clip.parameters()),
                "processes": dist_env.world, "device": str(device), "seconds": round(time.perf_counter() - started, 1)}

@@ -152,6 +152,8 @@ def test_open_clip_tag_offline_fails_with_one_clear_line(tmp_path, monkeypatch):
     ({"scratch": {"epochs": 0}}, r"clip\.scratch\.epochs: must be >= 1"),
     ({"scratch": {"learning_rate": 1}}, r"unknown keys in 'clip\.scratch': \['learning_rate'\]"),
     ({"pretrain": "openai"}, r"unknown keys in 'clip': \['pretrain'\]"),
+    ({"scratch": {"corpus": "web"}}, r"clip\.scratch\.corpus: must be one of \['train', 'demo'\], got 'web'"),
+    ({"scratch": {"corpus": "demo", "corpus_images": 2}}, r"clip\.scratch \(corpus demo\): n_images must be"),
 ])
 def test_bad_params_are_named(tmp_path, captions_path, monkeypatch, clip, expected):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
@@ -165,3 +167,16 @@ def test_scratch_needs_train_captions(tmp_path, captions_path):
     schemas.write(captions[captions["split"] == "test"], schemas.CAPTIONS, tmp_path / "test_only.parquet")
     with pytest.raises(InputDataError, match="no train captions to train clip.model 'ViT-Tiny-Test' from scratch"):
         run(tmp_path, tmp_path / "test_only.parquet", config())
+
+
+def test_scratch_on_a_demo_corpus_needs_no_train_split_and_is_seeded(tmp_path, captions_path):
+    captions = schemas.read(captions_path, schemas.CAPTIONS)
+    schemas.write(captions[captions["split"] != "train"], schemas.CAPTIONS, tmp_path / "no_train.parquet")
+    scratch = SCRATCH | {"epochs": 1, "corpus": "demo", "corpus_images": 16, "corpus_seed": 5}
+    report = run(tmp_path, tmp_path / "no_train.parquet", config(scratch=scratch))
+    assert report["source"]["corpus"] == "demo" and report["source"]["corpus_pairs"] == 16 * 5
+    assert report["val_zero_shot"]["images"] == captions.loc[captions["split"] == "val", "image_id"].nunique()
+    again = run(tmp_path, tmp_path / "no_train.parquet", config(scratch=scratch), "again")
+    assert again["weights_sha256"] == report["weights_sha256"]  # the corpus is a pure function of its seed
+    other = run(tmp_path, tmp_path / "no_train.parquet", config(scratch=scratch | {"corpus_seed": 6}), "other")
+    assert other["weights_sha256"] != report["weights_sha256"]

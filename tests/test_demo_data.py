@@ -105,6 +105,20 @@ def test_passive_captions_keep_the_agent_as_subject(demo: tuple[pd.DataFrame, pd
         assert patient_phrase.split()[-1] == action["object"], caption
 
 
+def test_without_passive_voice_the_agent_comes_first_and_the_images_stay(
+        tmp_path: Path, demo: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    captions, triplets = generate_demo(tmp_path, 160, 48, 0, FRACTIONS, passive_voice=False)
+    assert not captions["caption"].str.contains(" by ").any()
+    for caption, found in zip(captions["caption"], triplets["triplets"]):
+        caption_words = caption.replace(",", "").split()
+        last_object = len(caption_words) - 1 - caption_words[::-1].index(found[0]["object"])
+        assert caption_words.index(found[0]["subject"]) < last_object, caption
+    with_passive = demo[0]
+    assert captions["split"].tolist() == with_passive["split"].tolist()
+    for mine, theirs in zip(captions["image_path"].unique(), with_passive["image_path"].unique()):
+        assert Path(mine).read_bytes() == Path(theirs).read_bytes()  # the same scenes, only other wording
+
+
 def test_role_swaps_give_different_captions_with_the_same_words(captions: pd.DataFrame) -> None:
     by_words: dict[tuple[tuple[str, int], ...], set[tuple[str, str]]] = {}
     for image_id, caption in zip(captions["image_id"], captions["caption"]):
@@ -172,6 +186,7 @@ def test_bag_of_words_retrieval_prefers_the_role_swap(captions: pd.DataFrame) ->
     ({"split_fractions": {"train": 0.8, "test": 0.2}}, "keys"),
     ({"split_fractions": {"train": 0.8, "val": 0.3, "test": -0.1}}, "non-negative"),
     ({"split_fractions": {"train": 0.7, "val": 0.1, "test": 0.1}}, "sum to 1"),
+    ({"passive_voice": "no"}, "passive_voice"),
 ])
 def test_invalid_arguments_are_rejected(tmp_path: Path, arguments: dict[str, object], message: str) -> None:
     valid = {"image_dir": tmp_path, "n_images": 6, "image_size": 32, "seed": 0, "split_fractions": FRACTIONS}

@@ -19,13 +19,14 @@ from safetensors.torch import load_file
 from tasks import base_clip, featurize, schemas
 from tasks.config import InputDataError
 from tasks.retrieval import recalls
-from tasks.train import TrainConfig
+from tasks.train import TrainConfig, sample_negatives
 from tests.small_demo import TINY_CLIP, knowledge_from_truth, write_demo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PARAMS = {
     "prompt": {"n_visual_prompts": 2, "adapter_dim": 16, "triplet_layers": 1},
     "train": {"negatives": "cross", "cross_negatives": 2, "batch_size": 8, "device": "cpu", "checkpoint_every": 2,
+              "select_best": False,
               "stage1": {"epochs": 2, "lr": 0.003, "warmup_steps": 2}, "stage2": {"epochs": 1, "lr": 0.001}},
     "evaluate": {"device": "cpu", "batch_size": 64, "report_queries": 4},
 }
@@ -83,8 +84,8 @@ def without_timings(metrics: dict) -> dict:
 
 
 def test_kill_9_resumes_and_the_same_seed_gives_the_same_result(features_project, tmp_path):
-    straight = copy_project(features_project, tmp_path / "straight")
-    resumed = copy_project(features_project, tmp_path / "resumed")
+    straight = copy_project(features_project, tmp_path / "straight", select_best=True)
+    resumed = copy_project(features_project, tmp_path / "resumed", select_best=True)
     straight_eval = train_and_evaluate(straight)
 
     running = python("-m", "tasks.train", "1", cwd=resumed)
@@ -108,6 +109,38 @@ def test_kill_9_resumes_and_the_same_seed_gives_the_same_result(features_project
         assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a), stage
     assert without_timings(json.loads((straight / "metrics/train_stage1.json").read_text())) == without_timings(stage1)
     assert without_timings(straight_eval) == without_timings(resumed_eval)
+
+
+def test_select_best_keeps_the_weights_with_the_best_val_rsum(features_project, tmp_path):
+    root = copy_project(features_project, tmp_path / "best", select_best=True, score_batch_size=64,
+                        stage1={"epochs": 3, "lr": 0.01, "warmup_steps": 1})
+    finish(python("-m", "tasks.train", "1", cwd=root))
+    summary = json.loads((root / "metrics/train_stage1.json").read_text())
+    validated = {h["epoch"]: h["val"]["rsum"] for h in summary["history"] if "val" in h}
+    assert sorted(validated) == [0, 1, 2, 3]  # the start competes too
+    best = summary["selected"]
+    assert best["rsum"] == max(validated.values()) == validated[best["epoch"]] == summary["val"]["rsum"]
+    assert not (root / "checkpoints/stage1").exists()
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"].update(split="val", model="models/stage1")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    finish(python("-c", "from tasks import evaluate; from tasks.config import load_params; "
+                        "evaluate.run(load_params(), progress=False)", cwd=root))
+    evaluated = json.loads((root / "metrics/eval.json").read_text())
+    assert evaluated["reranked"]["rsum"] == best["rsum"]  # the saved model is the selected one
+
+
+def test_cross_negatives_come_from_the_best_ranked_wrong_candidates():
+    candidates = np.array([[7, 1, 2, 3, 4, 5]])  # zero-shot order, best first
+    valid = np.array([[False, True, True, False, True, True]])  # 7 and 3 are the anchor's own
+    for seed in range(20):
+        chosen, ok = sample_negatives(candidates, valid, 2, 3, np.random.default_rng(seed))
+        assert ok.all() and set(chosen[0]) <= {1, 2, 4} and len(set(chosen[0])) == 2
+    chosen, ok = sample_negatives(candidates, valid, 4, 3, np.random.default_rng(0))
+    assert set(chosen[0][ok[0]]) == {1, 2, 4} and ok.sum() == 3  # fewer eligible than asked: padded, invalid
+    chosen, ok = sample_negatives(candidates, valid, 4, None, np.random.default_rng(0))
+    assert set(chosen[0][ok[0]]) == {1, 2, 4, 5} and ok.all()
 
 
 @pytest.mark.parametrize("mode", ["one_stage", "combined"])
@@ -166,7 +199,8 @@ def test_stage_two_then_evaluation_of_zero_shot_and_reranked_side_by_side(featur
 @pytest.mark.parametrize("train, message", [({"mode": "three_stage"}, "train.mode"),
                                             ({"negatives": "random"}, "train.negatives"),
                                             ({"stage1": {"epochs": 1}}, "lr"),
-                                            ({"learning_rate": 1}, "unknown keys")])
+                                            ({"learning_rate": 1}, "unknown keys"),
+                                            ({"negative_pool": 1}, "negative_pool")])
 def test_bad_train_params_are_named(train, message):
     params = yaml.safe_load(yaml.safe_dump(PARAMS))
     params["train"].update(train)

@@ -1,0 +1,30 @@
+"""`make demo` pulls the demo's LLM answers from the in-repo DVC remote `demo`: it must hold what dvc.lock names."""
+from __future__ import annotations
+
+import hashlib
+import json
+from configparser import ConfigParser
+from pathlib import Path
+
+import yaml
+
+from tasks import paths
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def remote_object(md5: str) -> Path:
+    config = ConfigParser()
+    config.read(REPO_ROOT / ".dvc/config")
+    store = (REPO_ROOT / ".dvc" / config['remote "demo"']["url"]).resolve()
+    return store / "files/md5" / md5[:2] / md5[2:]
+
+
+def test_the_demo_remote_holds_the_locked_llm_answers():
+    lock = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text())
+    (out,) = [o for o in lock["stages"]["knowledge"]["outs"] if o["path"] == str(paths.KNOWLEDGE_RAW)]
+    manifest = json.loads(remote_object(out["md5"]).read_text())
+    assert manifest and len(manifest) == out["nfiles"]
+    for entry in manifest:
+        content = remote_object(entry["md5"]).read_bytes()
+        assert hashlib.md5(content).hexdigest() == entry["md5"], entry["relpath"]
