@@ -6,11 +6,12 @@ offers the paper's table-5 alternatives: `one_stage` (stage 1 only) and `combine
 stage 2 then passes stage 1's weights on unchanged.
 
 Negatives (`train.negatives`): `paired` is the paper literally (each image conditioned on its own caption,
-the batch's texts as negatives); `cross` scores the image under each negative caption's own knowledge, with
-negatives drawn from the zero-shot top-k as at inference (captions for the image, images for the caption).
+the batch's texts as negatives); `batch_cross` conditions each image on every in-batch caption's knowledge in
+turn (see Objective); `cross` scores the image under each negative caption's own knowledge, with negatives
+drawn from the zero-shot top-k as at inference (captions for the image, images for the caption).
 
 Runs resume: a checkpoint (safetensors weights + optimizer state + position) is written every
-`train.checkpoint_every` steps and at every epoch end, into a folder DVC keeps across runs; a re-run with the
+`train.checkpoint_every` steps and at every epoch end, into checkpoints/ (no DVC output); a re-run with the
 same inputs continues from the last one, a run with other inputs starts afresh, and a finished run removes its
 checkpoints. With `train.processes` > 1
 the stage runs under torchrun with DistributedDataParallel (NCCL on GPUs, gloo on CPUs).
@@ -47,7 +48,7 @@ from tasks.rerank import rerank
 from tasks.retrieval import recalls
 
 MODES = ("two_stage", "one_stage", "combined")
-NEGATIVES = ("paired", "cross")
+NEGATIVES = ("paired", "batch_cross", "cross")
 WEIGHTS_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 CONFIG_FILE = "config.json"
@@ -78,7 +79,7 @@ class TrainConfig:
     checkpoint_every: int = 200    # steps; and at every epoch end
     keep_checkpoints: int = 2
     validate_every: int = 1        # epochs between re-ranked recalls on the val split (0: never)
-    select_best: bool = True       # keep the validated weights (incl. the start) with the best val Rsum
+    select_best: bool = False      # keep the validated weights with the best val Rsum (stage 2: or stage 1's)
     prefix_cache: bool = True      # cache the image prefixes on disk (data/cache/prefixes)
     score_batch_size: int = 256    # pairs per forward pass when re-ranking
     workers: int = 0               # image decoding workers when filling the prefix cache
@@ -263,11 +264,20 @@ def cross_batch(split: FeatureSplit, source: PrefixSource, captions: np.ndarray,
 
 
 class Objective(nn.Module):
-    """The loss of one batch; a module so DistributedDataParallel can wrap it."""
+    """The loss of one batch; a module so DistributedDataParallel can wrap it.
 
-    def __init__(self, model: ActionAwareCLIP, losses: tuple[str, ...], margin: float):
+    In-batch batches score image b against caption c as s(i_b, t_c) = cos(f(i_b | t_b), g(t_c)) (`paired`: each
+    image under its own caption's knowledge) or cos(f(i_b | t_c), g(t_c)) (`batch_cross`: under the scored
+    caption's knowledge, B x B image passes). Under `paired` the prompt modules can lower the loss by turning the
+    knowledge into a copy of its caption's text feature, whatever the image; re-ranking, which conditions every
+    candidate on its own knowledge, then favours captions over images.
+    """
+
+    def __init__(self, model: ActionAwareCLIP, losses: tuple[str, ...], margin: float,
+                 cross_conditioned: bool = False):
         super().__init__()
         self.model, self.losses, self.margin = model, losses, margin
+        self.cross_conditioned = cross_conditioned
 
     def _loss(self, rows: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         total = 0.0
@@ -278,17 +288,30 @@ class Objective(nn.Module):
             total = total + triplet_loss(rows, target, valid, self.margin)
         return total
 
+    def _in_batch_scores(self, batch: Batch) -> torch.Tensor:
+        """(B, B): row b = image b, column c = caption c."""
+        if not self.cross_conditioned:
+            features = F.normalize(self.model.encode_from_prefix(batch.prefix, batch.knowledge), dim=-1)
+            return features @ batch.text.to(features.dtype).T
+        anchors = len(batch.image_rows)
+        rows = torch.arange(anchors, device=batch.text.device)
+        image_of_pair, caption_of_pair = rows.repeat_interleave(anchors), rows.repeat(anchors)
+        features = F.normalize(self.model.encode_from_prefix(batch.prefix.index(image_of_pair),
+                                                             batch.knowledge.index(caption_of_pair)), dim=-1)
+        text = batch.text[caption_of_pair].to(features.dtype)
+        return (features * text).sum(dim=-1).view(anchors, anchors)
+
     def forward(self, batch: Batch) -> torch.Tensor:
+        anchors = len(batch.image_rows)
+        if batch.negative_valid is None:  # in-batch: the score matrix, both directions
+            scores = self._in_batch_scores(batch)
+            diagonal = torch.eye(anchors, dtype=torch.bool, device=scores.device)
+            valid = (batch.image_rows[:, None] != batch.image_rows[None, :]) | diagonal
+            target = torch.arange(anchors, device=scores.device)
+            return (self._loss(scores, target, valid) + self._loss(scores.T, target, valid.T)) / 2
         features = F.normalize(self.model.encode_from_prefix(batch.prefix, batch.knowledge), dim=-1)
         text = batch.text.to(features.dtype)
-        anchors = len(batch.image_rows)
         target = torch.zeros(anchors, dtype=torch.long, device=features.device)
-        if batch.negative_valid is None:  # paired: the in-batch score matrix, both directions
-            scores = features @ text.T
-            diagonal = torch.eye(anchors, dtype=torch.bool, device=features.device)
-            valid = (batch.image_rows[:, None] != batch.image_rows[None, :]) | diagonal
-            target = torch.arange(anchors, device=features.device)
-            return (self._loss(scores, target, valid) + self._loss(scores.T, target, valid.T)) / 2
         pair_scores = (features * text).sum(dim=-1)
         positive, negatives = pair_scores[:anchors, None], pair_scores[anchors:].view(2, anchors, -1)
         always = torch.ones(anchors, 1, dtype=torch.bool, device=features.device)
@@ -406,7 +429,7 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
         raise InputDataError(f"{features_dir / 'train'}: {n_captions} training captions are fewer than one batch "
                              f"(train.batch_size {config.batch_size} x {dist_env.world} processes)")
     total_steps = batches_per_epoch * stage_config.epochs
-    objective = Objective(model, _losses(stage, config.mode), config.margin)
+    objective = Objective(model, _losses(stage, config.mode), config.margin, config.negatives == "batch_cross")
     optimizer = torch.optim.AdamW(trainable.values(), lr=stage_config.lr, weight_decay=stage_config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(stage_config.warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda"
@@ -437,7 +460,8 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
             checkpoints.save_best(model)
             position["best"] = {"epoch": epoch, "rsum": val["rsum"]}
 
-    if validates and config.select_best and latest is None:  # the start competes too: training may not help
+    # Stage 2's start is stage 1's model, which stage 2 has to beat; stage 1 starts from random prompts.
+    if validates and config.select_best and stage == 2 and latest is None:
         start = validate()
         keep_if_best(0, start)
         position["history"] = [{"epoch": 0, "val": start}]

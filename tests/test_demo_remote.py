@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from configparser import ConfigParser
 from pathlib import Path
 
 import yaml
+from dvc.config import Config
 
 from tasks import paths
 
@@ -14,9 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def remote_object(md5: str) -> Path:
-    config = ConfigParser()
-    config.read(REPO_ROOT / ".dvc/config")
-    store = (REPO_ROOT / ".dvc" / config['remote "demo"']["url"]).resolve()
+    url = Config(dvc_dir=str(REPO_ROOT / ".dvc"), validate=False)["remote"]["demo"]["url"]
+    store = (REPO_ROOT / ".dvc" / url).resolve()
     return store / "files/md5" / md5[:2] / md5[2:]
 
 

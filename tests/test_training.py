@@ -117,10 +117,14 @@ def test_select_best_keeps_the_weights_with_the_best_val_rsum(features_project, 
     finish(python("-m", "tasks.train", "1", cwd=root))
     summary = json.loads((root / "metrics/train_stage1.json").read_text())
     validated = {h["epoch"]: h["val"]["rsum"] for h in summary["history"] if "val" in h}
-    assert sorted(validated) == [0, 1, 2, 3]  # the start competes too
+    assert sorted(validated) == [1, 2, 3]  # stage 1 starts from random prompts: no contender
     best = summary["selected"]
     assert best["rsum"] == max(validated.values()) == validated[best["epoch"]] == summary["val"]["rsum"]
     assert not (root / "checkpoints/stage1").exists()
+    finish(python("-m", "tasks.train", "2", cwd=root))
+    stage2 = json.loads((root / "metrics/train_stage2.json").read_text())
+    assert stage2["history"][0] == {"epoch": 0, "val": summary["val"]}  # stage 1's model competes in stage 2
+    assert stage2["selected"]["rsum"] == max(h["val"]["rsum"] for h in stage2["history"])
 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["evaluate"].update(split="val", model="models/stage1")
@@ -129,6 +133,29 @@ def test_select_best_keeps_the_weights_with_the_best_val_rsum(features_project, 
                         "evaluate.run(load_params(), progress=False)", cwd=root))
     evaluated = json.loads((root / "metrics/eval.json").read_text())
     assert evaluated["reranked"]["rsum"] == best["rsum"]  # the saved model is the selected one
+
+
+def test_batch_cross_scores_each_image_under_the_scored_captions_knowledge(features_project):
+    from model import build_model
+    from tasks.backbone import load_backbone
+    from tasks.features import FeatureSplit
+    from tasks.prefixes import PrefixSource
+    from tasks.train import Objective, paired_batch
+
+    clip, preprocess, _ = load_backbone(features_project / "models/base_clip", torch.device("cpu"))
+    model = build_model({"prompt": PARAMS["prompt"]}, clip_model=clip).eval()
+    split = FeatureSplit.load("train", features_project / "data/features")
+    source = PrefixSource(model, preprocess, split.images["image_path"].tolist(), torch.device("cpu"), None, "")
+    batch = paired_batch(split, source, np.arange(5), torch.device("cpu"))
+    with torch.no_grad():
+        crossed = Objective(model, ("contrastive",), 0.2, cross_conditioned=True)._in_batch_scores(batch)
+        paired = Objective(model, ("contrastive",), 0.2)._in_batch_scores(batch)
+        for b, c in ((0, 0), (1, 3), (4, 2)):
+            expected = model.score_from_prefix(batch.prefix.index(torch.tensor([b])),
+                                               batch.knowledge.index(torch.tensor([c])), batch.text[[c]])
+            assert torch.allclose(crossed[b, c], expected[0], atol=1e-4)  # batched vs single: rounding
+    assert torch.allclose(crossed.diagonal(), paired.diagonal(), atol=1e-4)
+    assert (crossed - paired).abs().max() > 1e-3  # off the diagonal the knowledge differs
 
 
 def test_cross_negatives_come_from_the_best_ranked_wrong_candidates():
@@ -154,15 +181,16 @@ def test_single_stage_modes_pass_stage_one_on(features_project, tmp_path, mode):
     assert all(torch.equal(stage1[name], stage2[name]) for name in stage1)
 
 
-def test_paired_and_cross_negatives_train_differently(features_project, tmp_path):
+def test_each_kind_of_negatives_trains_differently(features_project, tmp_path):
     weights = {}
-    for negatives in ("paired", "cross"):
+    for negatives in ("paired", "batch_cross", "cross"):
         root = copy_project(features_project, tmp_path / negatives, negatives=negatives, stage1={"epochs": 1, "lr": 0.003})
         finish(python("-m", "tasks.train", "1", cwd=root))
         summary = json.loads((root / "metrics/train_stage1.json").read_text())
         assert summary["negatives"] == negatives and np.isfinite(summary["final_loss"])
         weights[negatives] = load_file(root / "models/stage1/model.safetensors")
-    assert not all(torch.equal(weights["paired"][n], weights["cross"][n]) for n in weights["paired"])
+    for first, second in (("paired", "batch_cross"), ("paired", "cross"), ("batch_cross", "cross")):
+        assert not all(torch.equal(weights[first][n], weights[second][n]) for n in weights[first])
 
 
 def test_ddp_with_two_gloo_processes(features_project, tmp_path):
