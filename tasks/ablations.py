@@ -52,7 +52,9 @@ def run(names: list[str], project_dir: Path = pipeline.PROJECT_DIR) -> None:
         print(f"== {name}: {description}", flush=True)
         # A time stamp keeps names unique: DVC refuses a second experiment of one name on the same commit.
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        pipeline.reproduce("evaluate", overrides, project_dir, experiment_name=f"ablation-{name}-{stamp}")
+        # Isolated: an experiment in the workspace would leave its overrides in params.yaml for the next preset.
+        pipeline.reproduce("evaluate", overrides, project_dir, experiment_name=f"ablation-{name}-{stamp}",
+                           isolated=True)
 
 
 def latest_results(project_dir: Path = pipeline.PROJECT_DIR) -> dict[str, dict[str, Any]]:
@@ -65,7 +67,10 @@ def latest_results(project_dir: Path = pipeline.PROJECT_DIR) -> dict[str, dict[s
             for experiment in baseline.experiments or []:
                 match = EXPERIMENT_NAME.fullmatch(experiment.name or "")
                 state = experiment.revs[0] if experiment.revs else None
-                if not match or match["preset"] not in PRESETS or state is None or state.data is None:
+                # A running experiment shows the workspace's metrics, which are not its own yet.
+                unfinished = experiment.executor is not None and experiment.executor.state != "success"
+                if (not match or match["preset"] not in PRESETS or state is None or state.data is None
+                        or unfinished):
                     continue
                 preset, stamp = match["preset"], match["stamp"]
                 metrics = (state.data.metrics or {}).get("metrics/eval.json", {}).get("data")

@@ -19,9 +19,10 @@ def param_overrides(set_params: Mapping[str, Any]) -> list[str]:
 
 
 def reproduce(stage: str, set_params: Mapping[str, Any] | None = None, project_dir: str | Path = PROJECT_DIR,
-              experiment_name: str | None = None) -> dict[str, Any]:
+              experiment_name: str | None = None, isolated: bool = False) -> dict[str, Any]:
     """`dvc repro STAGE`, or `dvc exp run STAGE -S key=value ...` when parameters are overridden or the run is
-    a named experiment.
+    a named experiment. An experiment runs in the workspace and leaves its params and outputs there, unless
+    `isolated` (`--temp`: a temporary copy, the workspace untouched).
 
     Stage commands run `python -m flows.<stage>`: put this interpreter first on PATH so they use this
     environment even when it was never activated.
@@ -32,7 +33,7 @@ def reproduce(stage: str, set_params: Mapping[str, Any] | None = None, project_d
     with Repo(str(project_dir)) as repo:
         if set_params or experiment_name:
             experiments = repo.experiments.run(targets=[stage], params=param_overrides(set_params or {}),
-                                               name=experiment_name)
+                                               name=experiment_name, tmp_dir=isolated)
             return {"experiments": sorted(experiments.values()), "params": dict(set_params or {})}
         reproduced = repo.reproduce(stage)
         return {"reproduced": [s.addressing for s in reproduced]}

@@ -42,7 +42,7 @@ def write_params(root: Path, llm_url: str = "http://127.0.0.1:9/v1", **data) -> 
     params["data"]["demo"].update(SMALL_DEMO)
     params["llm"].update(backend="openai", model="scripted-model", base_urls=[llm_url], limit=6, max_attempts=1)
     params["clip"].update(model="ViT-Tiny-Test", device="cpu")
-    params["clip"]["scratch"]["epochs"] = 1
+    params["clip"]["scratch"].update(epochs=1, corpus_images=32)
     params["train"].update(device="cpu", batch_size=16, cross_negatives=2)
     params["train"]["stage1"]["epochs"] = params["train"]["stage2"]["epochs"] = 1
     params["evaluate"].update(device="cpu", report_queries=2)
@@ -114,6 +114,25 @@ def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_u
     second = run(["dvc", "repro"], project, prefect_api_url)
     assert second.returncode == 0 and "Running stage" not in second.stdout
     assert "didn't change" in second.stdout
+
+    # Ablations run as isolated experiments (on the committed pipeline): none leaves its overrides behind for
+    # the next preset or in the workspace.
+    commit_all(project, "reproduced")
+    params_before = (project / "params.yaml").read_text()
+    ablations = run([sys.executable, "-m", "tasks.ablations", "run", "no_action_knowledge", "no_state"], project,
+                    prefect_api_url)
+    assert ablations.returncode == 0, ablations.stdout[-3000:] + ablations.stderr[-3000:]
+    assert (project / "params.yaml").read_text() == params_before
+    shown = run(["dvc", "exp", "show", "--json"], project, prefect_api_url)
+    experiments = {e["name"]: e["revs"][0]["data"]["params"]["params.yaml"]["data"]["prompt"]
+                   for baseline in json.loads(shown.stdout) for e in baseline.get("experiments") or []}
+    (no_knowledge,) = [p for name, p in experiments.items() if "no_action_knowledge" in name]
+    (no_state,) = [p for name, p in experiments.items() if "no_state" in name]
+    assert not no_knowledge["use_triplets"] and not no_knowledge["use_states"]
+    assert no_state["use_triplets"] and not no_state["use_states"]
+    table = run([sys.executable, "-m", "tasks.ablations", "table"], project, prefect_api_url)
+    rows = {words[0]: words[1] for words in map(str.split, table.stdout.splitlines()) if len(words) > 1}
+    assert rows.get("no_action_knowledge") == rows.get("no_state") == "re-ranked"
 
     # Same captions come out of ingest, so nothing downstream runs again.
     write_params(project, llm_url, min_image_side=16)
