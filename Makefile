@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The demo's LLM answers come from the in-repo DVC remote `demo` (data/remote/): SmolLM2 on two CPU cores needs
-# ~20 min for them (README, "The demo"). Then one local Prefect server for the whole run (flows/local_server.py).
+# 20-35 min for them (README, "Two commands"). Then one local Prefect server for the whole run (flows/local_server.py).
 demo: install
 	$(BIN)/dvc pull --remote demo knowledge || echo "demo: no stored LLM answers match dvc.lock; the knowledge stage will ask the LLM"
 	$(BIN)/python -m flows.local_server dvc repro
