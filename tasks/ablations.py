@@ -41,6 +41,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "paired_negatives": ("in-batch negatives under the positive's own knowledge", {"train.negatives": "paired"}),
     "cross_negatives": ("negatives scored under their own knowledge, from the zero-shot top-k",
                         {"train.negatives": "cross"}),
+    "neighbour_batches": ("in-batch negatives with 3 zero-shot near-miss images per seed caption",
+                          {"train.batch_neighbours": 3}),
 }
 EXPERIMENT_NAME = re.compile(r"ablation-(?P<preset>.+)-(?P<stamp>\d{8}-\d{6})")
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")

@@ -69,7 +69,8 @@ class TrainConfig:
     mode: str = "two_stage"
     negatives: str = "cross"
     cross_negatives: int = 3       # per direction and anchor
-    negative_pool: int | None = 5  # cross: drawn from the anchor's N best-ranked wrong candidates (None: all k)
+    negative_pool: int | None = 5  # cross, batch_neighbours: from the anchor's N best-ranked wrong candidates (None: all k)
+    batch_neighbours: int = 0      # paired, batch_cross: every seed caption brings captions of this many near-miss images
     margin: float = 0.2            # α of the triplet loss
     batch_size: int = 32           # anchors per step and process
     seed: int = 0
@@ -104,6 +105,9 @@ class TrainConfig:
             raise InputDataError("params.yaml: train.batch_size must be >= 2, cross_negatives and processes >= 1")
         if config.negative_pool is not None and config.negative_pool < config.cross_negatives:
             raise InputDataError("params.yaml: train.negative_pool must be null or >= train.cross_negatives")
+        if not 0 <= config.batch_neighbours < config.batch_size:
+            raise InputDataError("params.yaml: train.batch_neighbours must be >= 0 and < train.batch_size "
+                                 "(a batch holds batch_size // (batch_neighbours + 1) seed captions)")
         return config
 
 
@@ -232,6 +236,22 @@ def paired_batch(split: FeatureSplit, source: PrefixSource, captions: np.ndarray
     images = split.image_row[captions]
     return Batch(source.prefix(images), split.knowledge(captions, device), split.text_features(captions, device),
                  torch.from_numpy(images).to(device))
+
+
+def neighbourhood_captions(split: FeatureSplit, seeds: np.ndarray, neighbours: int, pool: int | None,
+                           captions_of_image: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Caption rows of an in-batch batch: each seed caption, then one random caption of each of `neighbours`
+    images drawn from the seed's first `pool` wrong zero-shot candidates (None: all k). Every batch then holds
+    the near misses re-ranking has to sort out, while each caption stays a negative for the batch's other
+    images as often as it is a positive: unlike `cross`, no caption prior lowers the loss."""
+    images = split.image_row[seeds]
+    candidates = np.asarray(split.topk_t2i[seeds])
+    neighbour_images, valid = sample_negatives(candidates, candidates != images[:, None], neighbours, pool, rng)
+    rows = []
+    for seed, picked, usable in zip(seeds, neighbour_images, valid):
+        rows.append(seed)
+        rows.extend(rng.choice(captions_of_image[image]) for image in picked[usable])
+    return np.asarray(rows, dtype=np.int64)
 
 
 def sample_negatives(candidates: np.ndarray, valid: np.ndarray, count: int, pool: int | None,
@@ -465,6 +485,9 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
         start = validate()
         keep_if_best(0, start)
         position["history"] = [{"epoch": 0, "val": start}]
+    captions_of_image = np.split(np.argsort(train_split.image_row, kind="stable"),
+                                 np.cumsum(np.bincount(train_split.image_row))[:-1])
+    seeds_per_batch = config.batch_size // (config.batch_neighbours + 1)
     model.train()
     for epoch in range(position["epoch"], stage_config.epochs):
         # The order depends only on (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
@@ -473,12 +496,18 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
                      f"{stage_config.epochs}", unit="step", disable=not (progress and dist_env.main))
         for batch_index in steps:
             global_batch = batch_index * dist_env.world + dist_env.rank
-            captions = order[global_batch * config.batch_size:(global_batch + 1) * config.batch_size]
+            rng = np.random.default_rng([config.seed, epoch, global_batch])
             if config.negatives == "cross":
-                rng = np.random.default_rng([config.seed, epoch, global_batch])
+                captions = order[global_batch * config.batch_size:(global_batch + 1) * config.batch_size]
                 batch = cross_batch(train_split, train_source, captions, config.cross_negatives,
                                     config.negative_pool, rng, device)
+            elif config.batch_neighbours:
+                seeds = order[global_batch * seeds_per_batch:(global_batch + 1) * seeds_per_batch]
+                captions = neighbourhood_captions(train_split, seeds, config.batch_neighbours, config.negative_pool,
+                                                  captions_of_image, rng)
+                batch = paired_batch(train_split, train_source, captions, device)
             else:
+                captions = order[global_batch * config.batch_size:(global_batch + 1) * config.batch_size]
                 batch = paired_batch(train_split, train_source, captions, device)
             with _autocast(device, config.amp):
                 loss = runner(batch)
@@ -516,7 +545,8 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
     selected = position["best"] if config.select_best else None
     if selected is not None:
         load_prompt_state(model, checkpoints.folder / BEST_FILE)
-    summary = {"stage": stage, "mode": config.mode, "negatives": config.negatives, "epochs": stage_config.epochs,
+    summary = {"stage": stage, "mode": config.mode, "negatives": config.negatives,
+               "batch_neighbours": config.batch_neighbours, "epochs": stage_config.epochs,
                "steps": total_steps, "resumed_from_step": None if latest is None else int(latest.name.split("-")[1]),
                "final_loss": history[-1].get("loss") if history else None, "selected": selected,
                "val": next((h["val"] for h in reversed(history) if "val" in h

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from tasks import base_clip, featurize, schemas
 from tasks.config import InputDataError
 from tasks.retrieval import recalls
-from tasks.train import TrainConfig, sample_negatives
+from tasks.train import TrainConfig, neighbourhood_captions, sample_negatives
 from tests.small_demo import TINY_CLIP, knowledge_from_truth, write_demo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -170,6 +170,34 @@ def test_cross_negatives_come_from_the_best_ranked_wrong_candidates():
     assert set(chosen[0][ok[0]]) == {1, 2, 4, 5} and ok.all()
 
 
+def test_neighbourhood_batches_bring_each_seed_captions_of_its_near_miss_images(features_project):
+    from tasks.features import FeatureSplit
+
+    split = FeatureSplit.load("train", features_project / "data/features")
+    image_row = split.image_row
+    captions_of_image = [np.flatnonzero(image_row == image) for image in range(len(split.images))]
+    seeds = np.array([0, 7, 12])
+    for seed in range(5):
+        rows = neighbourhood_captions(split, seeds, 3, 4, captions_of_image, np.random.default_rng(seed))
+        assert len(rows) == len(seeds) * 4 and list(rows[::4]) == list(seeds)
+        for i, anchor in enumerate(seeds):
+            near_misses = [image for image in np.asarray(split.topk_t2i[anchor]) if image != image_row[anchor]][:4]
+            picked = image_row[rows[4 * i + 1:4 * i + 4]]
+            assert set(picked) <= set(near_misses) and len(set(picked)) == 3
+
+
+def test_neighbourhood_batches_change_what_stage_one_learns(features_project, tmp_path):
+    weights = {}
+    for neighbours in (0, 3):
+        root = copy_project(features_project, tmp_path / f"n{neighbours}", negatives="batch_cross",
+                            batch_neighbours=neighbours, negative_pool=None, stage1={"epochs": 1, "lr": 0.003})
+        finish(python("-m", "tasks.train", "1", cwd=root))
+        summary = json.loads((root / "metrics/train_stage1.json").read_text())
+        assert summary["batch_neighbours"] == neighbours and np.isfinite(summary["final_loss"])
+        weights[neighbours] = load_file(root / "models/stage1/model.safetensors")
+    assert not all(torch.equal(weights[0][n], weights[3][n]) for n in weights[0])
+
+
 @pytest.mark.parametrize("mode", ["one_stage", "combined"])
 def test_single_stage_modes_pass_stage_one_on(features_project, tmp_path, mode):
     root = copy_project(features_project, tmp_path / mode, mode=mode, stage1={"epochs": 1, "lr": 0.003})
@@ -228,7 +256,8 @@ def test_stage_two_then_evaluation_of_zero_shot_and_reranked_side_by_side(featur
                                             ({"negatives": "random"}, "train.negatives"),
                                             ({"stage1": {"epochs": 1}}, "lr"),
                                             ({"learning_rate": 1}, "unknown keys"),
-                                            ({"negative_pool": 1}, "negative_pool")])
+                                            ({"negative_pool": 1}, "negative_pool"),
+                                            ({"batch_neighbours": 8}, "batch_neighbours")])
 def test_bad_train_params_are_named(train, message):
     params = yaml.safe_load(yaml.safe_dump(PARAMS))
     params["train"].update(train)
