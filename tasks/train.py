@@ -69,8 +69,8 @@ class TrainConfig:
     mode: str = "two_stage"
     negatives: str = "cross"
     cross_negatives: int = 3       # per direction and anchor
-    negative_pool: int | None = 5  # cross, batch_neighbours: from the anchor's N best-ranked wrong candidates (None: all k)
-    batch_neighbours: int = 0      # paired, batch_cross: every seed caption brings captions of this many near-miss images
+    negative_pool: int | None = 5  # cross, batch_neighbours: the anchor's N best-ranked wrong candidates (None: all)
+    batch_neighbours: int = 0      # paired, batch_cross: near-miss images each seed caption brings into its batch
     margin: float = 0.2            # α of the triplet loss
     batch_size: int = 32           # anchors per step and process
     seed: int = 0
