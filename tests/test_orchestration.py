@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,22 @@ def test_params_and_stages_parse_as_dvc_reads_them():
     assert params["llm"]["base_urls"] == ["http://127.0.0.1:8000/v1"]
     assert list(pipeline["stages"]) == ["ingest", "knowledge", "validate", "base_clip", "featurize", "train_stage1",
                                         "train_stage2", "evaluate"]
+
+
+def test_training_stages_rerun_for_every_setting_that_changes_the_model():
+    """A train.* key missing from a stage's params would let `dvc exp run -S` reuse a model trained without it."""
+    from dvc.utils.serialize import load_yaml
+
+    from tasks.train import TrainConfig
+
+    pipeline = load_yaml(Path(__file__).parent.parent / "dvc.yaml")
+    # Where and how fast it runs, never what it learns.
+    no_effect = {"device", "checkpoint_every", "keep_checkpoints", "prefix_cache", "score_batch_size", "workers"}
+    for stage, own in (("train_stage1", "stage1"), ("train_stage2", "stage2")):
+        listed = {name.removeprefix("train.") for name in pipeline["stages"][stage]["params"]
+                  if isinstance(name, str) and name.startswith("train.")}
+        needed = {f.name for f in fields(TrainConfig)} - no_effect - {"stage1", "stage2"} | {own}
+        assert needed <= listed, f"{stage} misses params {sorted(needed - listed)}"
 
 
 def test_param_overrides_follow_dvc_set_param_syntax():
