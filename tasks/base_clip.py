@@ -19,16 +19,18 @@ import numpy as np
 import open_clip
 import pandas as pd
 import torch
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tasks import backbone, paths, retrieval, schemas
 from tasks.config import InputDataError, section
-from tasks.demo_data import generate_demo
+from tasks.demo_data import ACTIONS, NOUNS, generate_demo
 
 SCRATCH = "scratch"
 CORPORA = ("train", "demo")
 EVAL_BATCH = 256
+SCENE_COLUMNS = ("action", "agent", "patient")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class ScratchConfig:
     corpus: str = "train"  # train: the train split's pairs | demo: a demo corpus drawn with corpus_seed
     corpus_images: int = 960
     corpus_seed: int = 1
+    scene_supervision: float = 0.0  # demo corpus: weight of the image embedding's action/agent/patient loss
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class ClipConfig:
         for key in ("epochs", "batch_size"):
             if getattr(config.scratch, key) < 1:
                 raise InputDataError(f"params.yaml: clip.scratch.{key}: must be >= 1")
-        for key in ("warmup_steps", "workers", "weight_decay"):
+        for key in ("warmup_steps", "workers", "weight_decay", "scene_supervision"):
             if getattr(config.scratch, key) < 0:
                 raise InputDataError(f"params.yaml: clip.scratch.{key}: must be >= 0")
         if not config.scratch.lr > 0:
@@ -75,19 +78,50 @@ class ClipConfig:
         if config.scratch.corpus not in CORPORA:
             raise InputDataError(f"params.yaml: clip.scratch.corpus: must be one of {list(CORPORA)}, "
                                  f"got {config.scratch.corpus!r}")
+        if config.scratch.scene_supervision and config.scratch.corpus != "demo":
+            raise InputDataError("params.yaml: clip.scratch.scene_supervision needs clip.scratch.corpus: demo "
+                                 "(only the demo corpus knows each scene's action and roles)")
         return config
 
 
 class CaptionedImages(backbone.ImageFiles):
-    """(image, tokens, decode error) of each training pair."""
+    """(image, tokens, scene labels, decode error) of each training pair."""
 
-    def __init__(self, paths: list[str], tokens: torch.Tensor, transform: Any, input_size: tuple[int, ...]):
+    def __init__(self, paths: list[str], tokens: torch.Tensor, labels: torch.Tensor, transform: Any,
+                 input_size: tuple[int, ...]):
         super().__init__(paths, transform, input_size)
-        self.tokens = tokens
+        self.tokens, self.labels = tokens, labels
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
         image, error = super().__getitem__(index)
-        return image, self.tokens[index], error
+        return image, self.tokens[index], self.labels[index], error
+
+
+class SceneHead(torch.nn.Module):
+    """Reads the scene's action, agent and patient off the image embedding. It exists only during scratch
+    training: web-scale CLIP image features encode actions, which its bag-of-words-like text matching
+    mostly ignores; the contrastive loss on a small corpus alone learns objects and colours only."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.action = torch.nn.Linear(embed_dim, len(ACTIONS))
+        self.agent = torch.nn.Linear(embed_dim, len(NOUNS))
+        self.patient = torch.nn.Linear(embed_dim, len(NOUNS))
+
+    def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        heads = (self.action, self.agent, self.patient)
+        return sum(F.cross_entropy(head(image_features), labels[:, column]) for column, head in enumerate(heads)) / 3
+
+
+def scene_labels(triplets: pd.DataFrame) -> pd.DataFrame:
+    """caption_id -> action, agent, patient class indices from the demo's true action triplet."""
+    actions, nouns = list(ACTIONS), list(NOUNS)
+    rows = []
+    for caption_id, caption_triplets in zip(triplets["caption_id"], triplets["triplets"]):
+        main = next(t for t in caption_triplets if t["action"] != "is")
+        rows.append({"caption_id": caption_id, "action": actions.index(main["action"]),
+                     "agent": nouns.index(main["subject"]), "patient": nouns.index(main["object"])})
+    return pd.DataFrame(rows)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -100,43 +134,55 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
-def optimizer(model: open_clip.CLIP, config: ScratchConfig) -> torch.optim.AdamW:
+def optimizer(model: open_clip.CLIP, config: ScratchConfig,
+              scene_head: torch.nn.Module | None = None) -> torch.optim.AdamW:
     """AdamW; gains, biases and logit_scale are not decayed (as in open_clip's training)."""
     def exempt(name: str, param: torch.nn.Parameter) -> bool:
         return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
     named = list(model.named_parameters())
+    if scene_head is not None:
+        named += [(f"scene_head.{name}", param) for name, param in scene_head.named_parameters()]
     groups = [{"params": [p for n, p in named if exempt(n, p)], "weight_decay": 0.0},
               {"params": [p for n, p in named if not exempt(n, p)], "weight_decay": config.weight_decay}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
 def train_from_scratch(name: str, captions: pd.DataFrame, config: ScratchConfig, device: torch.device,
-                       ) -> tuple[open_clip.CLIP, list[float]]:
-    """Contrastive training (open_clip's ClipLoss) on the train split's pairs; returns the model and loss per epoch."""
+                       ) -> tuple[open_clip.CLIP, dict[str, list[float]]]:
+    """Contrastive training (open_clip's ClipLoss) on the train split's pairs, plus the scene loss if asked for
+    (the captions then carry SCENE_COLUMNS); returns the model and the mean losses per epoch."""
     train = captions[captions["split"] == "train"]
     backbone.register_project_configs()
     torch.manual_seed(config.seed)  # initial weights, then shuffling and augmentation: all from this seed
     model, preprocess_train, _ = open_clip.create_model_and_transforms(name, device=device)
     tokenizer = open_clip.get_tokenizer(name)
-    pairs = CaptionedImages(train["image_path"].tolist(), tokenizer(train["caption"].tolist()), preprocess_train,
-                            backbone.input_size(model))
+    scene = config.scene_supervision > 0
+    labels = torch.tensor(train[list(SCENE_COLUMNS)].to_numpy() if scene else np.zeros((len(train), 3)),
+                          dtype=torch.long)
+    pairs = CaptionedImages(train["image_path"].tolist(), tokenizer(train["caption"].tolist()), labels,
+                            preprocess_train, backbone.input_size(model))
     batch_size = min(config.batch_size, len(pairs))
     loader = DataLoader(pairs, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
                         generator=torch.Generator().manual_seed(config.seed), pin_memory=device.type == "cuda")
     total_steps = config.epochs * len(loader)
-    optim = optimizer(model, config)
+    head = SceneHead(model.visual.output_dim).to(device) if scene else None
+    optim = optimizer(model, config, head)
     schedule = torch.optim.lr_scheduler.LambdaLR(optim, warmup_cosine(config.warmup_steps, total_steps))
     loss_fn = open_clip.ClipLoss()
-    losses: list[float] = []
+    history: dict[str, list[float]] = {"loss_per_epoch": []} | ({"scene_loss_per_epoch": []} if scene else {})
     model.train()
     with tqdm(total=total_steps, desc=f"train {name} from scratch", unit="step") as progress:
         for epoch in range(1, config.epochs + 1):
-            epoch_loss = 0.0
-            for step, (images, tokens, errors) in enumerate(loader, start=1):
+            epoch_loss = epoch_scene_loss = 0.0
+            for step, (images, tokens, scene_targets, errors) in enumerate(loader, start=1):
                 backbone.raise_bad_images(errors)
                 image_features, text_features, logit_scale = model(images.to(device), tokens.to(device))
                 loss = loss_fn(image_features, text_features, logit_scale)
+                if head is not None:
+                    scene_loss = head.loss(image_features, scene_targets.to(device))
+                    loss = loss + config.scene_supervision * scene_loss
+                    epoch_scene_loss += scene_loss.item()
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 optim.step()
@@ -146,8 +192,10 @@ def train_from_scratch(name: str, captions: pd.DataFrame, config: ScratchConfig,
                 epoch_loss += loss.item()
                 progress.set_postfix(epoch=epoch, loss=f"{epoch_loss / step:.3f}")
                 progress.update()
-            losses.append(round(epoch_loss / len(loader), 4))
-    return model.eval(), losses
+            history["loss_per_epoch"].append(round(epoch_loss / len(loader), 4))
+            if head is not None:
+                history["scene_loss_per_epoch"].append(round(epoch_scene_loss / len(loader), 4))
+    return model.eval(), history
 
 
 def demo_corpus(folder: Path, model_cfg: dict[str, Any], config: ScratchConfig) -> pd.DataFrame:
@@ -155,11 +203,11 @@ def demo_corpus(folder: Path, model_cfg: dict[str, Any], config: ScratchConfig) 
     size = model_cfg["vision_cfg"]["image_size"]
     image_size = min(max(size if isinstance(size, int) else size[0], 32), 256)  # the generator's range
     try:
-        corpus, _ = generate_demo(folder, config.corpus_images, image_size, config.corpus_seed,
-                                  {"train": 1.0, "val": 0.0, "test": 0.0})
+        corpus, triplets = generate_demo(folder, config.corpus_images, image_size, config.corpus_seed,
+                                         {"train": 1.0, "val": 0.0, "test": 0.0})
     except ValueError as exc:
         raise InputDataError(f"params.yaml: clip.scratch (corpus demo): {exc}") from None
-    return corpus
+    return corpus.merge(scene_labels(triplets), on="caption_id", validate="one_to_one")
 
 
 def zero_shot_recalls(model: open_clip.CLIP, preprocess: Any, tokenizer: Any, captions: pd.DataFrame,
@@ -194,14 +242,14 @@ def run(config: ClipConfig, captions_path: Path = paths.CAPTIONS, out_dir: Path 
         if config.scratch.corpus == "demo":
             with tempfile.TemporaryDirectory(prefix="clip-corpus-") as corpus_dir:
                 corpus = demo_corpus(Path(corpus_dir), model_cfg, config.scratch)
-                model, losses = train_from_scratch(config.model, corpus, config.scratch, device)
+                model, history = train_from_scratch(config.model, corpus, config.scratch, device)
             report["source"]["corpus_pairs"] = len(corpus)
         else:
             if not (captions["split"] == "train").any():
                 raise InputDataError(f"{captions_path}: no train captions to train clip.model '{config.model}' "
                                      "from scratch (clip.pretrained: scratch, clip.scratch.corpus: train)")
-            model, losses = train_from_scratch(config.model, captions, config.scratch, device)
-        report["loss_per_epoch"] = losses
+            model, history = train_from_scratch(config.model, captions, config.scratch, device)
+        report.update(history)
     else:
         model, model_cfg, report["source"] = backbone.create_pretrained(config.model, config.pretrained)
     report["parameters"] = backbone.parameter_counts(model)

@@ -155,6 +155,8 @@ def test_open_clip_tag_offline_fails_with_one_clear_line(tmp_path, monkeypatch):
     ({"pretrain": "openai"}, r"unknown keys in 'clip': \['pretrain'\]"),
     ({"scratch": {"corpus": "web"}}, r"clip\.scratch\.corpus: must be one of \['train', 'demo'\], got 'web'"),
     ({"scratch": {"corpus": "demo", "corpus_images": 2}}, r"clip\.scratch \(corpus demo\): n_images must be"),
+    ({"scratch": {"scene_supervision": 1.0}}, r"scene_supervision needs clip\.scratch\.corpus: demo"),
+    ({"scratch": {"corpus": "demo", "scene_supervision": -1}}, r"clip\.scratch\.scene_supervision: must be >= 0"),
 ])
 def test_bad_params_are_named(tmp_path, captions_path, monkeypatch, clip, expected):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
@@ -181,3 +183,26 @@ def test_scratch_on_a_demo_corpus_needs_no_train_split_and_is_seeded(tmp_path, c
     assert again["weights_sha256"] == report["weights_sha256"]  # the corpus is a pure function of its seed
     other = run(tmp_path, tmp_path / "no_train.parquet", config(scratch=scratch | {"corpus_seed": 6}), "other")
     assert other["weights_sha256"] != report["weights_sha256"]
+
+
+def test_scene_labels_follow_the_twins(tmp_path):
+    corpus = base_clip.demo_corpus(tmp_path, {"vision_cfg": {"image_size": 32}},
+                                   base_clip.ScratchConfig(corpus="demo", corpus_images=8, corpus_seed=2))
+    per_image = corpus.groupby("image_id")[list(base_clip.SCENE_COLUMNS)].agg(set)
+    assert per_image.map(len).eq(1).all().all()  # every caption of an image has its image's labels
+    base, role_swap, action_swap, action_role_swap = per_image.map(min).to_dict("records")[:4]
+    assert (role_swap["agent"], role_swap["patient"]) == (base["patient"], base["agent"])
+    assert role_swap["action"] == base["action"] != action_swap["action"] == action_role_swap["action"]
+    assert (action_role_swap["agent"], action_role_swap["patient"]) == (base["patient"], base["agent"])
+
+
+def test_scene_supervision_shapes_the_backbone_and_leaves_no_head(tmp_path, captions_path):
+    scratch = SCRATCH | {"epochs": 2, "corpus": "demo", "corpus_images": 32, "corpus_seed": 5}
+    plain = run(tmp_path, captions_path, config(scratch=scratch), "plain")
+    supervised = run(tmp_path, captions_path, config(scratch=scratch | {"scene_supervision": 1.0}), "supervised")
+    assert "scene_loss_per_epoch" not in plain
+    scene_losses = supervised["scene_loss_per_epoch"]
+    assert len(scene_losses) == 2 and all(np.isfinite(scene_losses))
+    assert supervised["weights_sha256"] != plain["weights_sha256"]
+    saved, _, _ = backbone.load_backbone(tmp_path / "supervised")  # open_clip's own keys only
+    assert saved.state_dict().keys() == tiny_model().state_dict().keys()
