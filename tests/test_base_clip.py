@@ -56,7 +56,8 @@ def test_scratch_training_is_seeded_and_reported(tmp_path, captions_path):
         (tmp_path / "second" / backbone.WEIGHTS_FILE).read_bytes()
     report = json.loads((tmp_path / "first.json").read_text())
     assert report["source"] == {"kind": "scratch", **SCRATCH, "lr": 0.0005, "weight_decay": 0.1, "workers": 0,
-                                "corpus": "train", "corpus_images": 960, "corpus_seed": 1}
+                                "corpus": "train", "corpus_images": 960, "corpus_seed": 1,
+                                "scene_supervision": 0.0}
     assert len(report["loss_per_epoch"]) == 2 and all(np.isfinite(report["loss_per_epoch"]))
     counts = report["parameters"]
     assert counts["visual"] + counts["text"] + counts["logit_scale"] == counts["total"] > 0
