@@ -6,7 +6,6 @@ caption) pairs, or a demo corpus drawn apart from the data set (the stand-in for
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tasks import backbone, paths, retrieval, schemas
-from tasks.config import InputDataError, section
+from tasks.config import InputDataError, section, subsection, write_json
 from tasks.demo_data import ACTIONS, NOUNS, generate_demo
 
 SCRATCH = "scratch"
@@ -58,11 +57,7 @@ class ClipConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ClipConfig:
         values = dict(section(params, "clip", set(cls.__dataclass_fields__)))
-        scratch = values.pop("scratch", None) or {}
-        unknown = sorted(set(scratch) - set(ScratchConfig.__dataclass_fields__))
-        if unknown:
-            raise InputDataError(f"params.yaml: unknown keys in 'clip.scratch': {unknown}; "
-                                 f"allowed: {sorted(ScratchConfig.__dataclass_fields__)}")
+        scratch = subsection(values, "clip.scratch", set(ScratchConfig.__dataclass_fields__))
         config = cls(**values, scratch=ScratchConfig(**scratch))
         for key in ("model", "pretrained"):
             if not isinstance(getattr(config, key), str) or not getattr(config, key):
@@ -263,6 +258,5 @@ def run(config: ClipConfig, captions_path: Path = paths.CAPTIONS, out_dir: Path 
             frozen, preprocess, tokenizer = backbone.load_backbone(out_dir, device)
             report["val_zero_shot"] = zero_shot_recalls(frozen, preprocess, tokenizer, val, device)
     report["seconds"] = round(time.perf_counter() - started, 1)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report_path, report)
     return report

@@ -1,6 +1,7 @@
-"""Reading params.yaml, and the error type for bad user input."""
+"""Reading params.yaml, writing JSON reports, and the error type for bad user input."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +34,22 @@ def section(params: dict[str, Any], name: str, allowed: set[str], source: str = 
     if unknown:
         raise InputDataError(f"{source}: unknown keys in '{name}': {unknown}; allowed: {sorted(allowed)}")
     return values
+
+
+def subsection(values: dict[str, Any], path: str, allowed: set[str], source: str = "params.yaml") -> dict[str, Any]:
+    """A nested mapping of a section (e.g. `clip.scratch`), popped from `values`; missing or null means defaults."""
+    nested = values.pop(path.rsplit(".", 1)[-1], None)
+    if nested is None:
+        return {}
+    if not isinstance(nested, dict):
+        raise InputDataError(f"{source}: '{path}' must be a mapping, got {type(nested).__name__}")
+    unknown = sorted(set(nested) - allowed)
+    if unknown:
+        raise InputDataError(f"{source}: unknown keys in '{path}': {unknown}; allowed: {sorted(allowed)}")
+    return nested
+
+
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    """A metrics or report file, pretty-printed, with its folder created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")

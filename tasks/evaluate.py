@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image
 
 from tasks import paths, schemas
 from tasks.backbone import resolve_device
-from tasks.config import InputDataError, section
+from tasks.config import InputDataError, section, write_json
 from tasks.features import FeatureSplit
 from tasks.prefixes import PrefixSource
 from tasks.rerank import Reranked, rerank
@@ -80,16 +79,11 @@ def run(params: dict[str, Any], features_dir: Path = paths.FEATURES, knowledge_p
                        if after[name] is not None and zero_shot[name] is not None},
               "pairs_scored": reranked.pairs, "seconds": round(seconds, 2),
               "prefix_seconds": round(prefix_seconds, 2), "device": str(device)}
-    _write_json(paths.EVAL_METRICS, result)
+    write_json(paths.EVAL_METRICS, result)
     _write_plots(split, reranked, zero_shot, after)
     knowledge = schemas.read(knowledge_path, schemas.KNOWLEDGE).set_index("caption_id")
     write_report(paths.RETRIEVAL_REPORT, split, reranked, knowledge, result, config)
     return result
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
 def _write_plots(split: FeatureSplit, reranked: Reranked, zero_shot: dict, after: dict) -> None:

@@ -29,7 +29,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from tqdm import tqdm
 
 from tasks import paths, schemas
-from tasks.config import InputDataError, section
+from tasks.config import InputDataError, section, subsection
 from tasks.demo_data import generate_demo
 
 SOURCES = ("demo", "karpathy", "table", "lamp_txt")
@@ -67,10 +67,7 @@ class IngestConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> IngestConfig:
         data = dict(section(params, "data", {f for f in cls.__dataclass_fields__}))
-        demo = data.pop("demo", None) or {}
-        unknown = sorted(set(demo) - set(DemoConfig.__dataclass_fields__))
-        if unknown:
-            raise InputDataError(f"params.yaml: unknown keys in 'data.demo': {unknown}")
+        demo = subsection(data, "data.demo", set(DemoConfig.__dataclass_fields__))
         for key in ("annotations", "image_root"):
             data[key] = Path(data[key]) if data.get(key) else None
         if data["image_root"] is None and data["annotations"] is not None:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from tasks import knowledge_rules as rules
 from tasks import paths
-from tasks.config import InputDataError, section
+from tasks.config import InputDataError, section, subsection, write_json
 from tasks.llm_clients import ChatBackend, LLMTransportError, OpenAIBackend, health_url, managed_server
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -61,10 +61,7 @@ class LLMConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> LLMConfig:
         values = dict(section(params, "llm", set(cls.__dataclass_fields__)))
-        server = values.pop("server", None) or {}
-        unknown = sorted(set(server) - set(ServerConfig.__dataclass_fields__))
-        if unknown:
-            raise InputDataError(f"params.yaml: unknown keys in 'llm.server': {unknown}")
+        server = subsection(values, "llm.server", set(ServerConfig.__dataclass_fields__))
         if isinstance(values.get("base_urls"), str):
             values["base_urls"] = [values["base_urls"]]
         values["base_urls"] = tuple(values.get("base_urls") or ())
@@ -362,8 +359,7 @@ def run(config: LLMConfig, captions: list[str], raw_dir: Path = paths.KNOWLEDGE_
     stats.seconds = round(time.monotonic() - started, 3)
     report = stats.as_report(backend) | {"model": config.model, "prompt_version": prompts.version_id,
                                           "backend": config.backend}
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report_path, report)
     if stats.failed:
         raise LLMTransportError(f"{len(stats.failed)} of {len(asked)} captions got no answer "
                                 f"(first: {stats.failed[0]}); re-run to ask only for those")

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from model import ActionAwareCLIP, ImagePrefix, Knowledge, PromptConfig, contrastive_loss, triplet_loss
 from tasks import paths
 from tasks.backbone import load_backbone, resolve_device, sha256_of
-from tasks.config import InputDataError, section
+from tasks.config import InputDataError, section, write_json
 from tasks.features import FeatureSplit
 from tasks.prefixes import PrefixSource
 from tasks.rerank import rerank
@@ -67,12 +67,12 @@ class TrainConfig:
     stage1: StageConfig
     stage2: StageConfig
     mode: str = "two_stage"
-    negatives: str = "cross"
+    negatives: str = "batch_cross"
     cross_negatives: int = 3       # per direction and anchor
     negative_pool: int | None = 5  # cross, batch_neighbours: the anchor's N best-ranked wrong candidates (None: all)
     batch_neighbours: int = 0      # paired, batch_cross: near-miss images each seed caption brings into its batch
     margin: float = 0.2            # α of the triplet loss
-    batch_size: int = 32           # anchors per step and process
+    batch_size: int = 16           # anchors per step and process
     seed: int = 0
     device: str = "auto"
     amp: bool = True               # autocast on GPUs (bf16 where supported, else fp16 with a grad scaler)
@@ -426,7 +426,7 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
         if skip:
             if dist_env.main:
                 save_model(model, where["out"], description | {"skipped": skip})
-                _write_json(where["metrics"], {"stage": 2, "skipped": skip})
+                write_json(where["metrics"], {"stage": 2, "skipped": skip})
             return {"skipped": skip}
 
     stage_config = config.stage1 if stage == 1 else config.stage2
@@ -555,16 +555,11 @@ def _run(stage: int, config: TrainConfig, prompt: PromptConfig, where: dict[str,
                "backbone_parameters": sum(p.numel() for p in model.clip.parameters()),
                "processes": dist_env.world, "device": str(device), "seconds": round(time.perf_counter() - started, 1)}
     save_model(model, where["out"], description)
-    _write_json(where["metrics"], summary)
+    write_json(where["metrics"], summary)
     # Checkpoints exist to finish an interrupted run; a finished one is in models/ (and DVC's cache), and keeping
     # its checkpoints would let a later run (say, after a code change) "resume" a run that is already over.
     checkpoints.clear()
     return summary
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
 def main() -> None:

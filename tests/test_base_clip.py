@@ -154,6 +154,7 @@ def test_open_clip_tag_offline_fails_with_one_clear_line(tmp_path, monkeypatch):
     ({"scratch": {"epochs": 0}}, r"clip\.scratch\.epochs: must be >= 1"),
     ({"scratch": {"learning_rate": 1}}, r"unknown keys in 'clip\.scratch': \['learning_rate'\]"),
     ({"pretrain": "openai"}, r"unknown keys in 'clip': \['pretrain'\]"),
+    ({"scratch": 5}, r"'clip\.scratch' must be a mapping, got int"),
     ({"scratch": {"corpus": "web"}}, r"clip\.scratch\.corpus: must be one of \['train', 'demo'\], got 'web'"),
     ({"scratch": {"corpus": "demo", "corpus_images": 2}}, r"clip\.scratch \(corpus demo\): n_images must be"),
     ({"scratch": {"scene_supervision": 1.0}}, r"scene_supervision needs clip\.scratch\.corpus: demo"),

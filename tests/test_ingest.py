@@ -281,6 +281,7 @@ def test_table_without_required_columns(tmp_path):
     ({"test_fraction": 0.6, "val_fraction": 0.5}, "together < 1"),
     ({"sorce": "demo"}, "unknown keys in 'data': ['sorce']"),
     ({"demo": {"n_images": 1}}, "data.demo: "),
+    ({"demo": {"images": 8}}, "unknown keys in 'data.demo': ['images']"),
 ])
 def test_bad_params_are_named(tmp_path, data, expected):
     with pytest.raises(InputDataError, match=None) as failure:
