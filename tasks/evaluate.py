@@ -1,8 +1,9 @@
 """Stage `evaluate`: zero-shot top-k preselection vs action-aware re-ranking on one split, side by side.
 
 Writes metrics/eval.json ({"zero_shot": {...}, "reranked": {...}} with R@1/5/10 both directions and Rsum,
-SPEC section 6), plots/ for `dvc plots show`, and reports/retrieval.html: sample queries with thumbnails,
-captions, the knowledge used and how re-ranking moved the right answer, self-contained (no network).
+SPEC section 6; and how much the knowledge moves the score), plots/ for `dvc plots show`, and
+reports/retrieval.html: sample queries with thumbnails, captions, the knowledge used and how re-ranking moved
+the right answer, self-contained (no network).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tasks.backbone import resolve_device
 from tasks.config import InputDataError, section, write_json
 from tasks.features import FeatureSplit
 from tasks.prefixes import PrefixSource
-from tasks.rerank import Reranked, rerank
+from tasks.rerank import Reranked, knowledge_effect, rerank
 from tasks.retrieval import recalls
 from tasks.train import load_model
 
@@ -71,13 +72,14 @@ def run(params: dict[str, Any], features_dir: Path = paths.FEATURES, knowledge_p
     prefix_seconds = time.perf_counter() - started
     reranked = rerank(model, source, split, config.batch_size, device, progress)
     seconds = time.perf_counter() - started
+    sensitivity = knowledge_effect(model, source, split, config.batch_size, device, config.seed)
     zero_shot = recalls(np.asarray(split.topk_i2t), np.asarray(split.topk_t2i), split.image_row)
     after = recalls(reranked.i2t, reranked.t2i, split.image_row)
     result = {"split": config.split, "images": len(split.images), "captions": len(split.captions),
               "top_k": int(split.topk_i2t.shape[1]), "model": config.model, "zero_shot": zero_shot, "reranked": after,
               "gain": {name: round(after[name] - zero_shot[name], 2) for name in after
                        if after[name] is not None and zero_shot[name] is not None},
-              "pairs_scored": reranked.pairs, "seconds": round(seconds, 2),
+              "knowledge_effect": sensitivity, "pairs_scored": reranked.pairs, "seconds": round(seconds, 2),
               "prefix_seconds": round(prefix_seconds, 2), "device": str(device)}
     write_json(paths.EVAL_METRICS, result)
     _write_plots(split, reranked, zero_shot, after)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from tasks import base_clip, featurize, schemas
 from tasks.config import InputDataError
+from tasks.rerank import captions_of_other_images, knowledge_effect
 from tasks.retrieval import recalls
 from tasks.train import TrainConfig, neighbourhood_captions, sample_negatives
 from tests.small_demo import TINY_CLIP, knowledge_from_truth, write_demo
@@ -156,6 +157,34 @@ def test_batch_cross_scores_each_image_under_the_scored_captions_knowledge(featu
             assert torch.allclose(crossed[b, c], expected[0], atol=1e-4)  # batched vs single: rounding
     assert torch.allclose(crossed.diagonal(), paired.diagonal(), atol=1e-4)
     assert (crossed - paired).abs().max() > 1e-3  # off the diagonal the knowledge differs
+
+
+def test_knowledge_effect_is_zero_without_knowledge(features_project):
+    from model import build_model
+    from tasks.backbone import load_backbone
+    from tasks.features import FeatureSplit
+    from tasks.prefixes import PrefixSource
+
+    clip, preprocess, _ = load_backbone(features_project / "models/base_clip", torch.device("cpu"))
+    split = FeatureSplit.load("train", features_project / "data/features")
+    effects = {}
+    for name, switches in (("full", {}), ("none", {"use_triplets": False, "use_states": False})):
+        model = build_model({"prompt": PARAMS["prompt"] | switches}, clip_model=clip).eval()
+        source = PrefixSource(model, preprocess, split.images["image_path"].tolist(), torch.device("cpu"), None, "")
+        effects[name] = knowledge_effect(model, source, split, 16, torch.device("cpu"), seed=0, max_pairs=40)
+    assert effects["full"]["pairs"] == effects["none"]["pairs"] == 40
+    assert effects["none"]["mean_abs_change"] == 0.0  # visual prompts alone: the knowledge cannot move the score
+    assert effects["full"]["mean_abs_change"] > 1e-4 and effects["full"]["score_std"] > 0
+
+
+def test_the_swapped_knowledge_comes_from_another_image():
+    image_row = np.array([0, 0, 0, 1, 1, 2])
+    captions = np.arange(6)
+    for seed in range(20):
+        kept, others = captions_of_other_images(image_row, captions, np.random.default_rng(seed))
+        assert list(kept) == list(captions) and (image_row[others] != image_row[kept]).all()
+    kept, others = captions_of_other_images(np.zeros(4, dtype=int), np.arange(4), np.random.default_rng(0))
+    assert len(kept) == len(others) == 0  # one image: nothing to swap with
 
 
 def test_cross_negatives_come_from_the_best_ranked_wrong_candidates():
