@@ -76,7 +76,7 @@ def captions_of_other_images(image_row: np.ndarray, captions: np.ndarray,
                              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random caption of another image for each caption row; rows with none (one image) are left out."""
     others = rng.integers(0, len(image_row), size=len(captions))
-    for _ in range(100):
+    for _ in range(100):  # redraw the rows that hit their own image; bounded, for splits of few images
         same = image_row[others] == image_row[captions]
         if not same.any():
             break
