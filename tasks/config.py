@@ -30,10 +30,7 @@ def section(params: dict[str, Any], name: str, allowed: set[str], source: str = 
     values = params.get(name)
     if not isinstance(values, dict):
         raise InputDataError(f"{source}: section '{name}' is missing or not a mapping")
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise InputDataError(f"{source}: unknown keys in '{name}': {unknown}; allowed: {sorted(allowed)}")
-    return values
+    return _known_keys(values, name, allowed, source)
 
 
 def subsection(values: dict[str, Any], path: str, allowed: set[str], source: str = "params.yaml") -> dict[str, Any]:
@@ -43,10 +40,14 @@ def subsection(values: dict[str, Any], path: str, allowed: set[str], source: str
         return {}
     if not isinstance(nested, dict):
         raise InputDataError(f"{source}: '{path}' must be a mapping, got {type(nested).__name__}")
-    unknown = sorted(set(nested) - allowed)
+    return _known_keys(nested, path, allowed, source)
+
+
+def _known_keys(values: dict[str, Any], name: str, allowed: set[str], source: str) -> dict[str, Any]:
+    unknown = sorted(set(values) - allowed)
     if unknown:
-        raise InputDataError(f"{source}: unknown keys in '{path}': {unknown}; allowed: {sorted(allowed)}")
-    return nested
+        raise InputDataError(f"{source}: unknown keys in '{name}': {unknown}; allowed: {sorted(allowed)}")
+    return values
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
