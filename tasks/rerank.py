@@ -40,12 +40,17 @@ def candidate_pairs(split: FeatureSplit) -> tuple[np.ndarray, np.ndarray, np.nda
 
 @torch.inference_mode()
 def score_pairs(model: ActionAwareCLIP, source: PrefixSource, split: FeatureSplit, image_rows: np.ndarray,
-                caption_rows: np.ndarray, batch_size: int, device: torch.device, progress: bool = True) -> np.ndarray:
+                caption_rows: np.ndarray, batch_size: int, device: torch.device, progress: bool = True,
+                knowledge_rows: np.ndarray | None = None) -> np.ndarray:
+    """s(i, t) of aligned image and caption rows; knowledge_rows (default: caption_rows) say whose knowledge
+    conditions the image."""
+    knowledge_rows = caption_rows if knowledge_rows is None else knowledge_rows
     scores = np.empty(len(image_rows), dtype=np.float32)
     starts = range(0, len(image_rows), batch_size)
     for start in tqdm(starts, desc=f"re-ranking {split.split}", unit="batch", disable=not progress):
         images, captions = image_rows[start:start + batch_size], caption_rows[start:start + batch_size]
-        batch_scores = model.score_from_prefix(source.prefix(images), split.knowledge(captions, device),
+        batch_scores = model.score_from_prefix(source.prefix(images),
+                                               split.knowledge(knowledge_rows[start:start + batch_size], device),
                                                split.text_features(captions, device))
         scores[start:start + len(images)] = batch_scores.float().cpu().numpy()
     return scores
@@ -85,7 +90,6 @@ def captions_of_other_images(image_row: np.ndarray, captions: np.ndarray,
     return captions[keep], others[keep]
 
 
-@torch.inference_mode()
 def knowledge_effect(model: ActionAwareCLIP, source: PrefixSource, split: FeatureSplit, batch_size: int,
                      device: torch.device, seed: int, max_pairs: int = 1024) -> dict[str, float | int]:
     """How much the knowledge moves the score: each sampled caption's true pair s(i, t) under its own knowledge
@@ -98,14 +102,10 @@ def knowledge_effect(model: ActionAwareCLIP, source: PrefixSource, split: Featur
         return {"pairs": 0, "mean_abs_change": None, "score_std": None}
     was_training = model.training
     model.eval()
-    own, swapped = [], []
-    for start in range(0, len(captions), batch_size):
-        rows, other_rows = captions[start:start + batch_size], others[start:start + batch_size]
-        prefix = source.prefix(split.image_row[rows])
-        text = split.text_features(rows, device)
-        own.append(model.score_from_prefix(prefix, split.knowledge(rows, device), text).float().cpu())
-        swapped.append(model.score_from_prefix(prefix, split.knowledge(other_rows, device), text).float().cpu())
+    images = split.image_row[captions]
+    own = score_pairs(model, source, split, images, captions, batch_size, device, progress=False)
+    swapped = score_pairs(model, source, split, images, captions, batch_size, device, progress=False,
+                          knowledge_rows=others)
     model.train(was_training)
-    own_scores, swapped_scores = torch.cat(own), torch.cat(swapped)
-    return {"pairs": len(captions), "mean_abs_change": round(float((own_scores - swapped_scores).abs().mean()), 5),
-            "score_std": round(float(own_scores.std()), 5)}
+    return {"pairs": len(captions), "mean_abs_change": round(float(np.abs(own - swapped).mean()), 5),
+            "score_std": round(float(own.std(ddof=1)), 5)}

@@ -72,7 +72,7 @@ class TrainConfig:
     negative_pool: int | None = 5  # cross, batch_neighbours: the anchor's N best-ranked wrong candidates (None: all)
     batch_neighbours: int = 0      # paired, batch_cross: near-miss images each seed caption brings into its batch
     margin: float = 0.2            # α of the triplet loss
-    batch_size: int = 16           # anchors per step and process
+    batch_size: int = 8            # anchors per step and process
     seed: int = 0
     device: str = "auto"
     amp: bool = True               # autocast on GPUs (bf16 where supported, else fp16 with a grad scaler)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -119,6 +120,21 @@ def test_without_passive_voice_the_agent_comes_first_and_the_images_stay(
         assert Path(mine).read_bytes() == Path(theirs).read_bytes()  # the same scenes, only other wording
 
 
+def test_a_colour_cast_scales_the_pixels_and_keeps_the_captions(tmp_path: Path) -> None:
+    gains = (1.0, 0.8, 0.55)
+    plain = generate_demo(tmp_path / "plain", 8, 32, 3, FRACTIONS)
+    cast = generate_demo(tmp_path / "cast", 8, 32, 3, FRACTIONS, colour_cast=gains)
+    for frame in (plain[0], cast[0]):
+        frame["image_path"] = frame["image_path"].map(lambda p: Path(p).name)
+    pd.testing.assert_frame_equal(plain[0], cast[0])
+    pd.testing.assert_frame_equal(plain[1], cast[1])
+    for name in plain[0]["image_path"].unique():
+        original = np.asarray(Image.open(tmp_path / "plain" / name), dtype=np.float64)
+        tinted = np.asarray(Image.open(tmp_path / "cast" / name), dtype=np.float64)
+        np.testing.assert_array_equal(tinted, np.clip(np.rint(original * gains), 0, 255))
+        assert tinted[..., 2].mean() < 0.6 * original[..., 2].mean()
+
+
 def test_role_swaps_give_different_captions_with_the_same_words(captions: pd.DataFrame) -> None:
     by_words: dict[tuple[tuple[str, int], ...], set[tuple[str, str]]] = {}
     for image_id, caption in zip(captions["image_id"], captions["caption"]):
@@ -187,6 +203,10 @@ def test_bag_of_words_retrieval_prefers_the_role_swap(captions: pd.DataFrame) ->
     ({"split_fractions": {"train": 0.8, "val": 0.3, "test": -0.1}}, "non-negative"),
     ({"split_fractions": {"train": 0.7, "val": 0.1, "test": 0.1}}, "sum to 1"),
     ({"passive_voice": "no"}, "passive_voice"),
+    ({"colour_cast": (1.0, 0.8)}, "colour_cast"),
+    ({"colour_cast": (1.0, 0.8, -0.1)}, "colour_cast"),
+    ({"colour_cast": (1.0, float("nan"), 0.5)}, "colour_cast"),
+    ({"colour_cast": "warm"}, "colour_cast"),
 ])
 def test_invalid_arguments_are_rejected(tmp_path: Path, arguments: dict[str, object], message: str) -> None:
     valid = {"image_dir": tmp_path, "n_images": 6, "image_size": 32, "seed": 0, "split_fractions": FRACTIONS}
