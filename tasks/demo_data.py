@@ -32,9 +32,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35), "blue": (35, 75, 215), "green": (30, 160, 55),
     "yellow": (240, 205, 20), "purple": (140, 50, 190), "orange": (245, 130, 15),
 }
-SIZE_SCALES = {"small": 0.56, "big": 0.8}
-NO_CAST = (1.0, 1.0, 1.0)
-MAX_CAST_GAIN = 2.0  # glyph units (32 per glyph box) -> scene units (64 per image)
+SIZE_SCALES = {"small": 0.56, "big": 0.8}  # glyph units (32 per glyph box) -> scene units (64 per image)
+NO_CAST = (1.0, 1.0, 1.0)  # red, green, blue gains of the colour cast
+MAX_CAST_GAIN = 2.0
 
 
 @dataclass(frozen=True)
