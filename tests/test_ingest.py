@@ -282,6 +282,8 @@ def test_table_without_required_columns(tmp_path):
     ({"sorce": "demo"}, "unknown keys in 'data': ['sorce']"),
     ({"demo": {"n_images": 1}}, "data.demo: "),
     ({"demo": {"images": 8}}, "unknown keys in 'data.demo': ['images']"),
+    ({"demo": {"n_images": 8, "colour_cast": [1.0, 0.8]}},
+     "params.yaml: data.demo: colour_cast must be three gains (red, green, blue) between 0 and 2.0"),
 ])
 def test_bad_params_are_named(tmp_path, data, expected):
     with pytest.raises(InputDataError, match=None) as failure:
