@@ -1,6 +1,6 @@
 """The embedded backend (SmolLM2-135M-Instruct, in-process, CPU) on the real Flickr30K test captions.
 
-    python bench/knowledge_embedded.py [--captions ../shared/data/flickr30k_test_captions_sample.tsv] [--limit N]
+    python bench/knowledge_embedded.py [--captions tests/data/flickr30k_test_captions_sample.tsv] [--limit N]
 
 Prints captions/s of the knowledge stage and the share of captions with valid knowledge after validation.
 """
@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 from tasks import knowledge, schemas, validate  # noqa: E402
 
-SAMPLE = REPO_ROOT.parent / "shared" / "data" / "flickr30k_test_captions_sample.tsv"
+SAMPLE = REPO_ROOT / "tests" / "data" / "flickr30k_test_captions_sample.tsv"
 
 
 def main() -> None:

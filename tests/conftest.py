@@ -25,7 +25,7 @@ from prefect.settings import PREFECT_API_URL  # noqa: E402  (after the environme
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TEST_DATA = REPO_ROOT / "tests" / "data"  # fixtures committed with the suite (tests/data/README.md)
 # What a fresh clone holds that the pipeline needs (no .venv, no artifacts).
 PROJECT_FILES = ["flows", "tasks", "model", "prompts", "configs", "dvc.yaml", "params.yaml", ".dvc/config",
                  ".dvc/.gitignore", ".dvcignore", ".gitignore"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tasks import knowledge_rules as rules
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 CAPTION = "Two young men are throwing a red frisbee in the park"
 
@@ -118,7 +118,7 @@ def test_state_answers(answer, state, reason):
 
 def test_every_real_flickr30k_caption_grounds_its_own_nouns():
     """A triplet built from a caption's own first and last words is grounded in that caption, for all 500."""
-    captions = pd.read_csv(SHARED_DATA / "flickr30k_test_captions_sample.tsv", sep="\t", quoting=3)["caption"]
+    captions = pd.read_csv(TEST_DATA / "flickr30k_test_captions_sample.tsv", sep="\t", quoting=3)["caption"]
     for caption in captions:
         words = [w for w in rules.WORD.findall(caption.lower())
                  if w not in rules.FUNCTION_WORDS and w not in rules.PLACEHOLDERS]
