@@ -11,6 +11,7 @@ from flows.common import run_stage_flow
 from tasks import ingest as stage
 from tasks.config import InputDataError, load_params
 
+relocate_images = task(stage.relocate_images, name="relocate-images", cache_policy=NO_CACHE)
 check_images = task(stage.check_images, name="check-images", cache_policy=NO_CACHE)
 write_outputs = task(stage.write_outputs, name="write-captions", cache_policy=NO_CACHE)
 
@@ -25,11 +26,14 @@ def ingest(params_file: str = "params.yaml") -> dict[str, Any]:
     except InputDataError as exc:
         return Failed(message=str(exc))
     logger.info("read %d captions from %s", source.input_captions, source.file)
+    relocated = relocate_images(source, config.image_root, config.workers)
     bad_images = check_images(source.frame["image_path"], config.min_image_side, config.workers)
-    result = stage.assemble(config, source, bad_images)
+    result = stage.assemble(config, source, bad_images, relocated)
     write_outputs(result)
     if result.failure:
         return Failed(message=result.failure)
+    if relocated:
+        logger.info("%d image paths not found as written were found under %s", len(relocated), config.image_root)
     logger.info("kept %d of %d captions; splits %s", result.report["captions"]["kept"],
                 result.report["captions"]["input"], result.report["splits"])
     return result.report["captions"]

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import ijson
@@ -56,6 +56,7 @@ class IngestConfig:
     annotations: Path | None = None
     image_root: Path | None = None
     split: str = "test"  # lamp_txt files carry no split: all their captions get this one
+    captions_per_image: int | None = 5  # the benchmark protocol's 5 (COCO has images with 6-7); None keeps all
     val_fraction: float = 0.1  # tables without a split column are split by image with these
     test_fraction: float = 0.1
     min_image_side: int = 32
@@ -102,6 +103,10 @@ class IngestConfig:
             raise bad("val_fraction/test_fraction", "each must be >= 0 and together < 1")
         if self.min_image_side < 1:
             raise bad("min_image_side", "must be >= 1")
+        if self.captions_per_image is not None and (isinstance(self.captions_per_image, bool) or
+                                                    not isinstance(self.captions_per_image, int) or
+                                                    self.captions_per_image < 1):
+            raise bad("captions_per_image", f"'{self.captions_per_image}' must be an integer >= 1, or null to keep all")
 
 
 @dataclass
@@ -270,6 +275,50 @@ def _read_lamp_txt(config: IngestConfig) -> SourceRows:
     return source
 
 
+# ---------------------------------------------------------------- locating images
+
+def relocate_images(source: SourceRows, image_root: Path | None, workers: int = 0) -> dict[str, str]:
+    """Point `source`'s image paths that do not exist at the file found under `image_root` by a trailing part of
+    the annotation's own path, longest first (`val2014/COCO_val2014_x.jpg`, then the file name `x.jpg`); returns
+    {old path: found path}.
+
+    Annotations written on another machine (the official LAMP lists carry their authors' absolute paths) then
+    work once `data.image_root` names the local image folder. A path found neither way stays, and is "missing".
+    """
+    moved = _relocations(source.frame, image_root, workers)
+    if moved:
+        source.frame["image_path"] = source.frame["image_path"].map(moved).fillna(source.frame["image_path"])
+    return moved
+
+
+def _relocations(frame: pd.DataFrame, image_root: Path | None, workers: int) -> dict[str, str]:
+    """{path: found} for image paths that do not exist but are found under `image_root`."""
+    if image_root is None:
+        return {}
+    annotated = frame.drop_duplicates("image_path").set_index("image_path")["image_id"]
+    with ThreadPoolExecutor(max_workers=_workers(workers)) as pool:
+        found = pool.map(_relocated, annotated.index, annotated.values, [image_root] * len(annotated), chunksize=256)
+        moved = dict(zip(annotated.index, found))
+    return {path: new for path, new in moved.items() if new is not None}
+
+
+def _relocated(path: str, annotated: str, image_root: Path) -> str | None:
+    if os.path.isfile(path):
+        return None
+    parts = PurePosixPath(annotated.replace("\\", "/")).parts
+    parts = parts[1:] if parts and parts[0] == "/" else parts
+    for start in range(len(parts)):
+        candidate = image_root.joinpath(*parts[start:])
+        if str(candidate) != path and candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def _workers(workers: int) -> int:
+    """File checks wait on the disk, not the CPU: more threads than cores."""
+    return workers or min(32, 4 * (os.cpu_count() or 1))
+
+
 # ---------------------------------------------------------------- checks
 
 def check_image(path: str, min_side: int) -> str | None:
@@ -294,8 +343,7 @@ def check_image(path: str, min_side: int) -> str | None:
 def check_images(image_paths: Iterable[str], min_side: int, workers: int = 0) -> dict[str, str]:
     """{path: reason} for every unusable image, checked in parallel (Pillow decodes without the GIL)."""
     unique = sorted(set(image_paths))
-    workers = workers or min(32, 4 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=_workers(workers)) as pool:
         verdicts = pool.map(check_image, unique, [min_side] * len(unique), chunksize=64)
         reasons = list(tqdm(verdicts, total=len(unique), desc="checking images", unit="img", mininterval=2, disable=None))
     return {path: reason for path, reason in zip(unique, reasons) if reason is not None}
@@ -344,8 +392,9 @@ class IngestResult:
         return self.report.get("failure")
 
 
-def assemble(config: IngestConfig, source: SourceRows, bad_images: dict[str, str]) -> IngestResult:
-    """Apply the checks and policies; the report accounts for every input caption."""
+def assemble(config: IngestConfig, source: SourceRows, bad_images: dict[str, str],
+             relocated: dict[str, str] | None = None) -> IngestResult:
+    """Apply the checks, policies and the captions-per-image limit; the report accounts for every input caption."""
     frame = source.frame.copy()
     frame["caption"] = frame["caption"].str.replace(r"\s+", " ", regex=True).str.strip()
     caption_reasons = _caption_problems(frame)
@@ -360,10 +409,11 @@ def assemble(config: IngestConfig, source: SourceRows, bad_images: dict[str, str
     image_problems = [{"kind": "image", "file": path, "reason": reason, "captions": int(captions_per_bad_image.get(path, 0))}
                       for path, reason in sorted(bad_images.items())]
 
-    kept = frame[~bad_caption & ~on_bad_image].drop(columns="row")
-    kept["split"] = kept["split"].map(SPLIT_ALIASES) if kept["split"].notna().all() else \
-        _split_by_image(kept["image_id"], config.val_fraction, config.test_fraction, config.seed)
-    kept = kept.reset_index(drop=True)
+    usable = frame[~bad_caption & ~on_bad_image].drop(columns="row")
+    usable["split"] = usable["split"].map(SPLIT_ALIASES) if usable["split"].notna().all() else \
+        _split_by_image(usable["image_id"], config.val_fraction, config.test_fraction, config.seed)
+    over_limit = _over_limit(usable["image_id"], config.captions_per_image)
+    kept = usable[~over_limit].reset_index(drop=True)
     triplets = source.true_triplets
     triplets = triplets[triplets["caption_id"].isin(kept["caption_id"])] if triplets is not None else \
         pd.DataFrame({"caption_id": pd.Series(dtype=str), "triplets": pd.Series(dtype=object)})
@@ -375,17 +425,20 @@ def assemble(config: IngestConfig, source: SourceRows, bad_images: dict[str, str
         "image_root": str(config.image_root) if config.image_root else None,
         "captions": {"input": source.input_captions, "kept": len(kept), "dropped": dropped,
                      "dropped_bad_caption": int(bad_caption.sum()) + len(source.problems),
-                     "dropped_bad_image": int((on_bad_image & ~bad_caption).sum())},
+                     "dropped_bad_image": int((on_bad_image & ~bad_caption).sum()),
+                     "dropped_over_limit": int(over_limit.sum())},
         "images": {"input": int(frame["image_path"].nunique()), "kept": int(kept["image_path"].nunique()),
-                   "bad": len(bad_images)},
+                   "bad": len(bad_images), "re_rooted": len(relocated or {})},
         "splits": {name: {"images": int(group["image_id"].nunique()), "captions": len(group)}
                    for name, group in kept.groupby("split", sort=True)},
         "captions_per_image": {str(k): int(v) for k, v in sorted(Counter(kept.groupby("image_id").size()).items())},
+        "caption_limit": _limit_report(usable, over_limit, config.captions_per_image),
         "policy": {"on_bad_image": config.on_bad_image, "on_bad_caption": config.on_bad_caption},
         "problem_counts": dict(sorted(Counter(_reason_kind(p) for p in caption_problems + image_problems).items())),
         "problems": image_problems + caption_problems,
     }
-    assert report["captions"]["dropped_bad_caption"] + report["captions"]["dropped_bad_image"] == dropped
+    counts = report["captions"]
+    assert counts["dropped_bad_caption"] + counts["dropped_bad_image"] + counts["dropped_over_limit"] == dropped
     failing = []
     if image_problems and config.on_bad_image == "fail":
         failing += image_problems
@@ -396,6 +449,25 @@ def assemble(config: IngestConfig, source: SourceRows, bad_images: dict[str, str
     elif kept.empty:
         report["failure"] = "ingest: no usable captions left"
     return IngestResult(kept[schemas.CAPTIONS.names], triplets, report)
+
+
+def _over_limit(image_ids: pd.Series, limit: int | None) -> pd.Series:
+    """Captions past an image's first `limit` usable ones, in file order."""
+    if limit is None:
+        return pd.Series(False, index=image_ids.index)
+    return image_ids.groupby(image_ids, sort=False).cumcount() >= limit
+
+
+def _limit_report(usable: pd.DataFrame, over_limit: pd.Series, limit: int | None) -> dict[str, Any]:
+    """Per split: captions dropped past the limit, images that had more and images that have fewer."""
+    per_image = usable.groupby("image_id", sort=False).agg(split=("split", "first"), captions=("caption", "size"))
+    splits = {}
+    for name, images in per_image.groupby("split", sort=True):
+        splits[name] = {"dropped": int((over_limit & (usable["split"] == name)).sum()),
+                        "images_over": int((images["captions"] > limit).sum()) if limit else 0,
+                        "images_under": int((images["captions"] < limit).sum()) if limit else 0}
+    return {"captions_per_image": limit, "splits": splits,
+            "dropped_caption_ids": usable.loc[over_limit, "caption_id"].tolist()}
 
 
 def _reason_kind(problem: dict[str, Any]) -> str:
@@ -442,8 +514,9 @@ def run(config: IngestConfig, demo_image_dir: Path = paths.DEMO_IMAGES, captions
         triplets_path: Path = paths.TRUE_TRIPLETS, report_path: Path = paths.INGEST_REPORT) -> IngestResult:
     """The whole stage without Prefect; raises InputDataError with the one-line summary on failure."""
     source = read_source(config, demo_image_dir)
+    relocated = relocate_images(source, config.image_root, config.workers)
     bad_images = check_images(source.frame["image_path"], config.min_image_side, config.workers)
-    result = assemble(config, source, bad_images)
+    result = assemble(config, source, bad_images, relocated)
     write_outputs(result, captions_path, triplets_path, report_path, demo_image_dir)
     if result.failure:
         raise InputDataError(result.failure)

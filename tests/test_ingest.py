@@ -9,10 +9,10 @@ import pytest
 
 from tasks import ingest, schemas
 from tasks.config import InputDataError
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 from tests.images import write_image, write_truncated_jpeg
 
-FLICKR_SAMPLE = SHARED_DATA / "flickr30k_test_captions_sample.tsv"
+FLICKR_SAMPLE = TEST_DATA / "flickr30k_test_captions_sample.tsv"
 
 
 def config(**data) -> ingest.IngestConfig:
@@ -34,7 +34,7 @@ def report(tmp_path: Path) -> dict:
 def assert_accounted(result: ingest.IngestResult) -> None:
     counts = result.report["captions"]
     assert counts["input"] == counts["kept"] + counts["dropped"]
-    assert counts["dropped"] == counts["dropped_bad_caption"] + counts["dropped_bad_image"]
+    assert counts["dropped"] == counts["dropped_bad_caption"] + counts["dropped_bad_image"] + counts["dropped_over_limit"]
     assert counts["kept"] == len(result.captions)
 
 
@@ -105,6 +105,118 @@ def test_lamp_txt_takes_the_split_from_params(tmp_path):
     assert result.captions["caption_id"].tolist() == ["0", "1", "2"]
     assert result.captions["caption"].iloc[2] == "two dogs play * fight"  # only the first two '*' separate
     assert set(result.captions["split"]) == {"val"}
+
+
+AUTHORS_IMAGES = "/media/sdb/tmx/share_data/VSRN_data/f30k_precomp/f30k_images"  # the official list's own paths
+
+
+def test_official_lamp_paths_are_re_rooted_under_image_root_by_file_name(tmp_path):
+    """The official LAMP test list names images under its authors' folders, which exist on no other machine."""
+    sample = pd.read_csv(FLICKR_SAMPLE, sep="\t", quoting=3, dtype=str).iloc[:50]  # 10 images, 5 captions each
+    lines = [f"{125 + index}*{AUTHORS_IMAGES}/{image}*{caption}"
+             for index, (image, caption) in enumerate(zip(sample["image"], sample["caption"]))]
+    annotations = tmp_path / "test_f30k.txt"
+    annotations.write_text("\n".join(lines) + "\n")
+    names = sample["image"].unique()
+    for name in names:
+        write_image(tmp_path / "flickr30k-images" / name)
+    assert not Path(AUTHORS_IMAGES).exists()
+
+    result = run(tmp_path, config(source="lamp_txt", annotations=str(annotations),
+                                  image_root=str(tmp_path / "flickr30k-images")))
+    assert result.captions["image_path"].unique().tolist() == [str(tmp_path / "flickr30k-images" / n) for n in names]
+    assert result.captions["caption_id"].tolist() == [str(125 + i) for i in range(50)]
+    assert result.report["images"] == {"input": 10, "kept": 10, "bad": 0, "re_rooted": 10}
+    assert_accounted(result)
+
+    (tmp_path / "flickr30k-images" / names[3]).unlink()  # found neither as written nor under image_root
+    with pytest.raises(InputDataError, match=f"{AUTHORS_IMAGES}/{names[3]}: missing"):
+        run(tmp_path, config(source="lamp_txt", annotations=str(annotations),
+                             image_root=str(tmp_path / "flickr30k-images")))
+    assert report(tmp_path)["images"] == {"input": 10, "kept": 9, "bad": 1, "re_rooted": 9}
+
+
+def test_karpathy_and_table_paths_are_re_rooted_by_their_folder_structure_first(tmp_path):
+    """COCO's `val2014/COCO_val2014_x.jpg` under the local COCO folder, else the file name alone."""
+    coco = tmp_path / "coco"
+    write_image(coco / "val2014" / "COCO_val2014_1.jpg")
+    write_image(coco / "COCO_val2014_1.jpg", colour=(0, 0, 0))  # a same-named decoy: the longer match wins
+    write_image(coco / "COCO_val2014_2.jpg")  # only by file name: a flat image folder
+    table = tmp_path / "captions.csv"
+    pd.DataFrame({"image": ["/home/someone/coco/val2014/COCO_val2014_1.jpg", "/home/someone/coco/val2014/COCO_val2014_2.jpg"],
+                  "caption": ["a dog", "a cat"], "split": ["test", "test"]}).to_csv(table, index=False)
+    result = run(tmp_path, config(source="table", annotations=str(table), image_root=str(coco)))
+    assert result.captions["image_path"].tolist() == [str(coco / "val2014" / "COCO_val2014_1.jpg"),
+                                                      str(coco / "COCO_val2014_2.jpg")]
+    assert result.report["images"]["re_rooted"] == 2
+
+    annotations = karpathy_file(tmp_path / "dataset_coco.json", [karpathy_image("COCO_val2014_2.jpg", "test", [1])])
+    result = run(tmp_path, config(source="karpathy", annotations=str(annotations), image_root=str(coco)))
+    assert result.captions["image_path"].tolist() == [str(coco / "COCO_val2014_2.jpg")]  # not in coco/val2014/
+    assert result.report["images"]["re_rooted"] == 1
+
+
+def test_paths_that_exist_are_not_re_rooted(tmp_path):
+    write_image(tmp_path / "here" / "a.jpg")
+    write_image(tmp_path / "root" / "a.jpg")
+    table = tmp_path / "captions.tsv"
+    table.write_text(f"image\tcaption\tsplit\n{tmp_path / 'here' / 'a.jpg'}\ta dog\ttest\n")
+    result = run(tmp_path, config(source="table", annotations=str(table), image_root=str(tmp_path / "root")))
+    assert result.captions["image_path"].tolist() == [str(tmp_path / "here" / "a.jpg")]
+    assert result.report["images"]["re_rooted"] == 0
+
+
+# ---------------------------------------------------------------- captions per image
+
+def coco_like_karpathy(tmp_path: Path) -> Path:
+    """Karpathy COCO gives some images 6 or 7 sentences; here 7, 5 and 3 in test and 6 in train."""
+    images = [karpathy_image("t7.jpg", "test", list(range(0, 7))), karpathy_image("t5.jpg", "test", list(range(10, 15))),
+              karpathy_image("t3.jpg", "test", list(range(20, 23))), karpathy_image("r6.jpg", "restval", list(range(30, 36)))]
+    for image in images:
+        write_image(tmp_path / "coco" / "val2014" / image["filename"])
+    return karpathy_file(tmp_path / "dataset_coco.json", images)
+
+
+def test_the_first_five_captions_per_image_are_kept_and_the_rest_counted_per_split(tmp_path):
+    annotations = coco_like_karpathy(tmp_path)
+    result = run(tmp_path, config(source="karpathy", annotations=str(annotations), image_root=str(tmp_path / "coco")))
+    assert result.captions["caption_id"].tolist() == \
+        [str(i) for i in [0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 30, 31, 32, 33, 34]]  # file order
+    assert result.report["captions"]["dropped_over_limit"] == 3
+    assert result.report["caption_limit"] == {
+        "captions_per_image": 5,
+        "splits": {"test": {"dropped": 2, "images_over": 1, "images_under": 1},
+                   "train": {"dropped": 1, "images_over": 1, "images_under": 0}},
+        "dropped_caption_ids": ["5", "6", "35"]}
+    assert result.report["captions_per_image"] == {"3": 1, "5": 3}
+    assert result.report["problems"] == []  # the protocol, not a problem: nothing fails
+    assert_accounted(result)
+
+
+def test_captions_per_image_null_keeps_every_caption(tmp_path):
+    annotations = coco_like_karpathy(tmp_path)
+    result = run(tmp_path, config(source="karpathy", annotations=str(annotations), image_root=str(tmp_path / "coco"),
+                                  captions_per_image=None))
+    assert len(result.captions) == 21 and result.report["captions"]["dropped_over_limit"] == 0
+    assert result.report["caption_limit"]["captions_per_image"] is None
+    assert_accounted(result)
+
+
+@pytest.mark.parametrize("source", ["table", "lamp_txt"])
+def test_the_caption_limit_applies_to_tables_and_lamp_lists(tmp_path, source):
+    write_image(tmp_path / "a.jpg")
+    write_image(tmp_path / "b.jpg")
+    rows = [("a.jpg", f"a dog number {i}") for i in range(7)] + [("b.jpg", "a cat")]
+    if source == "table":
+        annotations = tmp_path / "captions.tsv"
+        annotations.write_text("image\tcaption\tsplit\n" + "".join(f"{image}\t{text}\ttest\n" for image, text in rows))
+    else:
+        annotations = tmp_path / "test.txt"
+        annotations.write_text("".join(f"{i}*{image}*{text}\n" for i, (image, text) in enumerate(rows)))
+    result = run(tmp_path, config(source=source, annotations=str(annotations), captions_per_image=2))
+    assert result.captions["caption"].tolist() == ["a dog number 0", "a dog number 1", "a cat"]
+    assert result.report["caption_limit"]["splits"] == {"test": {"dropped": 5, "images_over": 1, "images_under": 1}}
+    assert_accounted(result)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
@@ -209,7 +321,7 @@ def test_bad_captions_skipped_keep_the_rest_and_account_for_every_row(tmp_path):
     assert problems["line 4"].startswith("not valid UTF-8")
     assert problems["line 5"].startswith("unknown split 'holdout'")
     assert result.report["captions"] == {"input": 5, "kept": 2, "dropped": 3, "dropped_bad_caption": 3,
-                                         "dropped_bad_image": 0}
+                                         "dropped_bad_image": 0, "dropped_over_limit": 0}
     assert_accounted(result)
 
 
@@ -280,6 +392,8 @@ def test_table_without_required_columns(tmp_path):
     ({"on_bad_image": "ignore"}, "data.on_bad_image: 'ignore' is not one of fail, skip"),
     ({"test_fraction": 0.6, "val_fraction": 0.5}, "together < 1"),
     ({"sorce": "demo"}, "unknown keys in 'data': ['sorce']"),
+    ({"captions_per_image": 0}, "data.captions_per_image: '0' must be an integer >= 1, or null to keep all"),
+    ({"captions_per_image": "5"}, "data.captions_per_image: '5' must be an integer >= 1"),
     ({"demo": {"n_images": 1}}, "data.demo: "),
     ({"demo": {"images": 8}}, "unknown keys in 'data.demo': ['images']"),
     ({"demo": {"n_images": 8, "colour_cast": [1.0, 0.8]}},

@@ -72,11 +72,11 @@ def test_ingest_flow_runs_on_a_prefect_server(prefect_api_url, tmp_path, monkeyp
         task_runs = client.read_task_runs()
     assert flow_run.state.is_completed()
     assert {run.name.rsplit("-", 1)[0] for run in task_runs if run.flow_run_id == flow_run.id} == \
-        {"check-images", "write-captions"}
+        {"relocate-images", "check-images", "write-captions"}
     captions = schemas.read(tmp_path / paths.CAPTIONS, schemas.CAPTIONS)
     assert len(captions) == 5 * SMALL_DEMO["n_images"]
     assert state.result() == {"input": 120, "kept": 120, "dropped": 0, "dropped_bad_caption": 0,
-                              "dropped_bad_image": 0}
+                              "dropped_bad_image": 0, "dropped_over_limit": 0}
 
 
 def test_failed_ingest_flow_exits_with_one_line_and_no_traceback(prefect_api_url, tmp_path):
