@@ -1,8 +1,9 @@
 """Stage `knowledge`: ask the LLM for action triplets (Q1) and a state description per triplet (Q2).
 
 Answers are appended to sharded JSONL files under data/interim/knowledge_raw/, keyed by
-(question, model, prompt version, caption text or triplet). They are the resume cache: a re-run, or a
-run after kill -9, asks only for keys that are missing; identical captions and triplets are asked once.
+(question, model, prompt version, caption text or triplet), one line per answered attempt. They are the
+resume cache: a re-run, or a run after kill -9, asks only for what is missing, and a re-ask chain cut short
+resumes at its next attempt; identical captions and triplets are asked once.
 The raw answers are judged again by the validate stage, with the same rules used here to decide on a re-ask.
 """
 from __future__ import annotations
@@ -136,7 +137,11 @@ def _key(*parts: str) -> str:
 
 
 class RawStore:
-    """Append-only JSONL shards, one record per key; safe to kill at any moment."""
+    """Append-only JSONL shards; safe to kill at any moment.
+
+    A key's record lists every answer so far. While its re-ask chain goes on it carries `"unfinished": true`
+    and is appended again after each attempt; the finished record (no such field) supersedes it.
+    """
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -149,7 +154,9 @@ class RawStore:
             with open(shard, encoding="utf-8") as lines:
                 for line in lines:
                     record = json.loads(line)
-                    records.setdefault(record["key"], record)
+                    known = records.get(record["key"])
+                    if known is None or _progress(record) > _progress(known):
+                        records[record["key"]] = record
         return records
 
     @staticmethod
@@ -174,6 +181,15 @@ class RawStore:
         for handle in self._shards.values():
             handle.close()
         self._shards.clear()
+
+
+def _progress(record: dict[str, Any]) -> tuple[bool, int]:
+    """Finished beats unfinished; more answers beat fewer (a finished record is never asked again)."""
+    return not record.get("unfinished", False), len(record["outputs"])
+
+
+def finished(record: dict[str, Any] | None) -> bool:
+    return record is not None and not record.get("unfinished", False)
 
 
 @dataclass
@@ -201,7 +217,7 @@ class RunStats:
 
 
 class KnowledgeGenerator:
-    """Runs Q1 with re-asks, then Q2 for each accepted triplet, writing every finished answer to the store."""
+    """Runs Q1 with re-asks, then Q2 for each accepted triplet, writing every answered attempt to the store."""
 
     def __init__(self, backend: ChatBackend, prompts: Prompts, store: RawStore, config: LLMConfig,
                  records: dict[str, dict[str, Any]], stats: RunStats):
@@ -210,66 +226,68 @@ class KnowledgeGenerator:
         self.on_triplets_answered: Callable[[], object] = lambda: None  # progress: Q1 answers come first
         self._states_in_flight: dict[str, asyncio.Task] = {}
 
-    async def _ask(self, messages: list[dict[str, str]], schema: dict, check
-                   ) -> tuple[list[str], int, int, rules.Verdict]:
-        """Ask, re-asking with a correction while the answer yields nothing valid; all answers are kept."""
-        outputs, prompt_tokens, completion_tokens = [], 0, 0
+    async def _ask(self, record: dict[str, Any], messages: list[dict[str, str]], schema: dict,
+                   check: Callable[[str], rules.Verdict]) -> dict[str, Any]:
+        """Ask, re-asking with a correction while the answer yields nothing valid, from the attempts `record`
+        already holds on; each answer is stored at once, so a kill loses at most the requests in flight."""
         question = messages[-1]
-        for _ in range(self.config.max_attempts):
+        for text in record["outputs"]:  # a chain cut short by a kill: replay its turns, ask the next attempt
+            messages = messages + [{"role": "assistant", "content": text},
+                                   self.prompts.correction(check(text).reason, question)]
+        while True:
+            started = time.monotonic()
             completion = await self.backend.complete(messages, schema)
             self.stats.requests += 1
-            outputs.append(completion.text)
-            prompt_tokens += completion.prompt_tokens
-            completion_tokens += completion.completion_tokens
+            self.stats.prompt_tokens += completion.prompt_tokens
+            self.stats.completion_tokens += completion.completion_tokens
             verdict = check(completion.text)
-            if verdict.triplets or verdict.state:
-                break
+            done = bool(verdict.triplets or verdict.state) or len(record["outputs"]) + 1 >= self.config.max_attempts
+            record = {key: value for key, value in record.items() if key != "unfinished"} | {
+                "outputs": record["outputs"] + [completion.text],
+                "prompt_tokens": record["prompt_tokens"] + completion.prompt_tokens,
+                "completion_tokens": record["completion_tokens"] + completion.completion_tokens,
+                "seconds": round(record["seconds"] + time.monotonic() - started, 3)}
+            if not done:
+                record["unfinished"] = True
+            self.store.append(record)
+            self.records[record["key"]] = record
+            if done:
+                return record
             messages = messages + [{"role": "assistant", "content": completion.text},
                                    self.prompts.correction(verdict.reason, question)]
-        self.stats.prompt_tokens += prompt_tokens
-        self.stats.completion_tokens += completion_tokens
-        return outputs, prompt_tokens, completion_tokens, verdict
+
+    def _started(self, key: str, question: str, **subject: Any) -> dict[str, Any]:
+        """The record so far: an unfinished chain's, or a new one without answers."""
+        return self.records.get(key) or {
+            "key": key, "question": question, "model": self.backend.model, "prompt_version": self.prompts.version_id,
+            **subject, "outputs": [], "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
 
     async def caption(self, caption: str) -> None:
         key = caption_key(self.backend.model, self.prompts, caption)
         record = self.records.get(key)
-        if record is None:
-            started = time.monotonic()
-            outputs, prompt_tokens, completion_tokens, verdict = await self._ask(
-                self.prompts.triplet_messages(caption), rules.triplets_schema(self.config.max_triplets),
-                lambda text: rules.check_triplets(text, caption, self.config.max_triplets))
-            triplets = verdict.triplets
-            record = {"key": key, "question": "triplets", "model": self.backend.model,
-                      "prompt_version": self.prompts.version_id, "caption": caption, "outputs": outputs,
-                      "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "seconds": round(time.monotonic() - started, 3)}
-            self.store.append(record)
-            self.records[key] = record
-            self.stats.asked_captions += 1
-        else:
+        if finished(record):
             self.stats.cached_captions += 1
-            triplets = accepted_triplets(record["outputs"], caption, self.config.max_triplets)
+        else:
+            record = await self._ask(self._started(key, "triplets", caption=caption),
+                                     self.prompts.triplet_messages(caption),
+                                     rules.triplets_schema(self.config.max_triplets),
+                                     lambda text: rules.check_triplets(text, caption, self.config.max_triplets))
+            self.stats.asked_captions += 1
         self.on_triplets_answered()
+        triplets = accepted_triplets(record["outputs"], caption, self.config.max_triplets)
         await asyncio.gather(*(self.state(triplet) for triplet in triplets))
 
     async def state(self, triplet: rules.Triplet) -> None:
         key = triplet_key(self.backend.model, self.prompts, triplet)
-        if key in self.records:
+        if finished(self.records.get(key)):
             return
         if key not in self._states_in_flight:  # captions sharing a triplet wait for one request
             self._states_in_flight[key] = asyncio.ensure_future(self._ask_state(key, triplet))
         await self._states_in_flight[key]
 
     async def _ask_state(self, key: str, triplet: rules.Triplet) -> None:
-        started = time.monotonic()
-        outputs, prompt_tokens, completion_tokens, _ = await self._ask(
-            self.prompts.state_messages(triplet), rules.STATE_SCHEMA, rules.check_state)
-        record = {"key": key, "question": "state", "model": self.backend.model,
-                  "prompt_version": self.prompts.version_id, "triplet": list(triplet), "outputs": outputs,
-                  "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "seconds": round(time.monotonic() - started, 3)}
-        self.store.append(record)
-        self.records[key] = record
+        await self._ask(self._started(key, "state", triplet=list(triplet)), self.prompts.state_messages(triplet),
+                        rules.STATE_SCHEMA, rules.check_state)
         self.stats.asked_triplets += 1
 
 
@@ -311,10 +329,10 @@ def pending_work(captions: list[str], records: dict[str, dict[str, Any]], model:
     """Whether anything must be asked (cheap: decides whether to start a server or load a model at all)."""
     for caption in captions:
         record = records.get(caption_key(model, prompts, caption))
-        if record is None:
+        if not finished(record):
             return True
         for triplet in accepted_triplets(record["outputs"], caption, max_triplets):
-            if triplet_key(model, prompts, triplet) not in records:
+            if not finished(records.get(triplet_key(model, prompts, triplet))):
                 return True
     return False
 

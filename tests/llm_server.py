@@ -8,11 +8,16 @@ Endpoints: GET /health, GET /v1/models, GET /stats, POST /v1/chat/completions.
 
 Script format (JSON, loaded at start):
 
-    {"answers": [{"match": "<substring>", "responses": [R1, R2, ...]}, ...], "default": R}
+    {"answers": [{"match": "<substring>", "responses": [R1, R2, ...], "by_attempt": false}, ...], "default": R,
+     "faults": [{"every": N, "response": R}, ...]}
 
 A request uses the FIRST rule whose "match" occurs in the content of its LAST user message. The k-th request
 (0-based) matching a rule gets responses[min(k, len - 1)]; counters live in memory, so a restarted server starts
-from zero. Without a match the "default" response applies (none: 404 with an OpenAI-style error body).
+from zero. A rule with "by_attempt" instead answers by the request's own content: responses[n - 1], n = the user
+messages containing "match" (the question, then each re-ask that repeats it), so a client that resumes a re-ask
+chain after a crash gets what it would have got. Without a match the "default" response applies (none: 404 with
+an OpenAI-style error body). "faults" inject transport failures by arrival: the n-th chat request (1-based) gets
+the first fault whose "every" divides n, before any rule is consulted (a faulted request counts for no rule).
 A response R is an object with one of
     {"content": "text"}                    200, that assistant text
     {"status": 500} / {"status": 429, "retry_after": 1}
@@ -66,19 +71,25 @@ class ScriptedLLM:
     def __init__(self, script: dict[str, Any], latency: float, max_concurrency: int, model: str) -> None:
         self.rules: list[dict[str, Any]] = script.get("answers", [])
         self.default: dict[str, Any] | None = script.get("default")
+        self.faults: list[dict[str, Any]] = script.get("faults", [])
         self.latency = latency
         self.model = model
         self.capacity = asyncio.Semaphore(max_concurrency)
         self.attempts: Counter[str] = Counter()
         self.requests = self.active = self.peak = 0
 
-    def pick(self, prompt: str) -> tuple[str, dict[str, Any] | None]:
+    def pick(self, users: list[str]) -> tuple[str, dict[str, Any] | None]:
         """The rule key and the response for this attempt (counted at arrival, so in request order)."""
         self.requests += 1
+        for fault in self.faults:
+            if self.requests % fault["every"] == 0:
+                return f"<fault every {fault['every']}>", fault["response"]
+        prompt = users[-1] if users else ""
         for rule in self.rules:
             if rule["match"] in prompt:
                 key, responses = rule["match"], rule["responses"]
-                response = responses[min(self.attempts[key], len(responses) - 1)]
+                index = sum(rule["match"] in text for text in users) - 1 if rule.get("by_attempt") else self.attempts[key]
+                response = responses[min(index, len(responses) - 1)]
                 break
         else:
             key, response = DEFAULT_KEY, self.default
@@ -92,7 +103,7 @@ class ScriptedLLM:
         except (ValueError, KeyError, TypeError):
             return _error(400, "body must be JSON with 'messages'", "invalid_body")
         users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
-        key, response = self.pick(users[-1] if users else "")
+        key, response = self.pick(users)
         async with self.capacity:
             self.active += 1
             self.peak = max(self.peak, self.active)

@@ -297,3 +297,68 @@ def test_demo_report_scores_triplets_against_the_generators_truth(tmp_path):
     assert scores["recall"] == pytest.approx(first_image_count / true_count, abs=1e-4)
     assert scores["main_action_recall"] == pytest.approx(5 / 40)
     assert summary["generation"]["asked_captions"] == 40
+
+
+# One knowledge run in its own process, so it can be killed with SIGKILL: PARAMS_JSON CAPTIONS_FILE RAW_DIR.
+RUN_IN_PROCESS = ("import json, sys; from pathlib import Path; from tasks import knowledge; "
+                  "knowledge.run(knowledge.LLMConfig.from_params(json.loads(sys.argv[1])), "
+                  "json.loads(Path(sys.argv[2]).read_text()), raw_dir=Path(sys.argv[3]), "
+                  "report_path=Path(sys.argv[3] + '.json'), progress=False)")
+NOT_JSON = {"content": "Sure! The man rides the bike."}
+PLACEHOLDER = answer(["subject", "action", "object"])
+
+
+def faulty_script(captions: list[str]) -> dict:
+    """Answers that depend on the attempt only (so a resumed chain gets what a clean run got): a third of the
+    captions are valid at the third attempt, a third at the second; every fourth own-triplet state needs a
+    re-ask. On top, 503s and dropped connections by arrival."""
+    answers = [{"match": "Triplet: <man, rides, bike>", "by_attempt": True, "responses": [STATE]}]
+    for i, caption in enumerate(captions):
+        valid = answer(["man", "rides", "bike"], ["man", "is", f"number {i}"])
+        answers.append({"match": f"Caption: {caption}", "by_attempt": True,
+                        "responses": [[NOT_JSON, PLACEHOLDER, valid], [NOT_JSON, valid], [valid]][i % 3]})
+        answers.append({"match": f"Triplet: <man, is, number {i}>", "by_attempt": True,
+                        "responses": [{"content": json.dumps({"state": "ok"})}, STATE] if i % 4 == 0 else [STATE]})
+    return {"answers": answers, "faults": [{"every": 23, "response": {"status": 503}},
+                                           {"every": 37, "response": {"drop": True}}]}
+
+
+def test_a_run_killed_mid_chain_resumes_every_chain_at_its_next_attempt(tmp_path):
+    captions = [f"a man number {i} rides a bike" for i in range(300)]
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    repo = Path(__file__).resolve().parent.parent
+    with ScriptedServer(faulty_script(captions), tmp_path, latency=0.01, max_concurrency=16) as server:
+        params = {"llm": {"backend": "openai", "model": "scripted-model", "base_urls": [server.base_url],
+                          "concurrency": 16, "max_attempts": 3, "max_retries": 6, "retry_backoff_s": 0.01}}
+
+        def start(raw_dir: str) -> subprocess.Popen:
+            return subprocess.Popen([sys.executable, "-c", RUN_IN_PROCESS, json.dumps(params),
+                                     str(tmp_path / "captions.json"), str(tmp_path / raw_dir)], cwd=repo)
+
+        assert start("clean").wait(timeout=300) == 0
+        clean = server.stats()["requests"]
+
+        interrupted = start("killed")
+        deadline = time.monotonic() + 120
+        while server.stats()["requests"] < clean * 1.5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        interrupted.send_signal(signal.SIGKILL)
+        interrupted.wait()
+        cut_short = [r for r in knowledge.RawStore(tmp_path / "killed").load().values() if r.get("unfinished")]
+        assert start("killed").wait(timeout=300) == 0
+        resumed = server.stats()["requests"] - clean
+
+    assert cut_short  # the kill did land inside re-ask chains
+    assert resumed <= 1.10 * clean, (resumed, clean)
+    knowledge_rows = {}
+    for raw_dir in ("clean", "killed"):
+        config = knowledge.LLMConfig.from_params(params)
+        schemas.write(captions_frame(captions), schemas.CAPTIONS, tmp_path / "captions.parquet")
+        validate.run(config, captions_path=tmp_path / "captions.parquet", raw_dir=tmp_path / raw_dir,
+                     truth_path=tmp_path / "none.parquet", run_report_path=tmp_path / f"{raw_dir}.json",
+                     knowledge_path=tmp_path / f"{raw_dir}.parquet", rejects_path=tmp_path / f"{raw_dir}-rejects.parquet",
+                     report_path=tmp_path / f"{raw_dir}-report.json")
+        knowledge_rows[raw_dir] = schemas.read(tmp_path / f"{raw_dir}.parquet", schemas.KNOWLEDGE)
+    pd.testing.assert_frame_equal(knowledge_rows["clean"], knowledge_rows["killed"])
+    assert set(knowledge_rows["clean"]["status"]) == {"ok"} and knowledge_rows["clean"]["attempts"].tolist() == \
+        [3 - i % 3 for i in range(300)]

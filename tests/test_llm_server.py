@@ -130,3 +130,17 @@ def test_kill_and_restart_on_the_same_port(tmp_path: Path) -> None:
         assert running.start() == running.base_url
         assert chat(running.base_url, "q").status_code == 500  # counters start from zero again
         assert content(chat(running.base_url, "q")) == "second"
+
+
+def test_by_attempt_rules_answer_by_the_re_asks_in_the_request_and_faults_by_arrival(tmp_path: Path) -> None:
+    script = {"answers": [{"match": "Caption: x", "by_attempt": True,
+                           "responses": [{"content": "first"}, {"content": "second"}]}],
+              "faults": [{"every": 3, "response": {"status": 503}}]}
+    first = [{"role": "user", "content": "Caption: x"}]
+    reask = first + [{"role": "assistant", "content": "first"}, {"role": "user", "content": "again. Caption: x"}]
+    with ScriptedServer(script, tmp_path) as server:
+        answers = [httpx.post(f"{server.base_url}/chat/completions", json={"messages": m}, timeout=10)
+                   for m in (first, first, reask, reask)]
+        assert [r.status_code for r in answers] == [200, 200, 503, 200]
+        assert [content(answers[i]) for i in (0, 1, 3)] == ["first", "first", "second"]  # not by arrival order
+        assert server.stats()["by_key"] == {"Caption: x": 3}
