@@ -16,11 +16,21 @@ def _git_revision(project_dir: Path) -> str | None:
     return found.stdout.strip() or None
 
 
+def _metrics_at(project_dir: Path, revision: str) -> str:
+    """metrics/eval.json as committed in `revision` (an experiment's commit: DVC keeps its metrics in git)."""
+    return subprocess.run(["git", "show", f"{revision}:{paths.EVAL_METRICS}"], cwd=project_dir, capture_output=True,
+                          text=True, check=True).stdout
+
+
 def record(project_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
-    """Append the current metrics/eval.json (with time, git revision and `run`) to the history; return it all."""
-    metrics = json.loads((project_dir / paths.EVAL_METRICS).read_text(encoding="utf-8"))
+    """Append metrics/eval.json (with time, git revision and `run`) to the history; return it all. The metrics
+    are the workspace's, or those of the experiment `run` made (`run["revisions"]`)."""
+    revisions = run.get("revisions") or []
+    text = _metrics_at(project_dir, revisions[0]) if revisions else \
+        (project_dir / paths.EVAL_METRICS).read_text(encoding="utf-8")
+    metrics = json.loads(text)
     entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "git_revision": _git_revision(project_dir), **run, "split": metrics["split"],
+             "git_revision": revisions[0] if revisions else _git_revision(project_dir), **run, "split": metrics["split"],
              "zero_shot": metrics["zero_shot"], "reranked": metrics["reranked"]}
     history_file = project_dir / paths.EVAL_HISTORY
     history_file.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ def reproduce(stage: str, set_params: Mapping[str, Any] | None = None, project_d
         if set_params or experiment_name:
             experiments = repo.experiments.run(targets=[stage], params=param_overrides(set_params or {}),
                                                name=experiment_name, tmp_dir=isolated)
-            return {"experiments": sorted(experiments.values()), "params": dict(set_params or {})}
+            names = repo.experiments.get_exact_name(list(experiments))
+            return {"experiments": [names[revision] for revision in experiments], "revisions": list(experiments),
+                    "params": dict(set_params or {})}
         reproduced = repo.reproduce(stage)
         return {"reproduced": [s.addressing for s in reproduced]}

@@ -30,9 +30,14 @@ LLM_SCRIPT = {"answers": [{"match": "Triplet:", "responses": [
 
 
 @pytest.fixture(scope="module")
-def llm_url(tmp_path_factory) -> str:
+def llm_server(tmp_path_factory) -> ScriptedServer:
     with ScriptedServer(LLM_SCRIPT, tmp_path_factory.mktemp("llm")) as server:
-        yield server.base_url
+        yield server
+
+
+@pytest.fixture(scope="module")
+def llm_url(llm_server) -> str:
+    return llm_server.base_url
 
 
 def write_params(root: Path, llm_url: str = "http://127.0.0.1:9/v1", **data) -> Path:
@@ -187,51 +192,77 @@ def wait_for_deployment(name: str, timeout_s: float = 120) -> None:
     raise TimeoutError(f"deployment {name} was not registered within {timeout_s} s")
 
 
-def test_served_deployments_run_dvc(prefect_api_url, project, llm_url):
-    write_params(project)
+def newest_experiment_file(project: Path, path: str) -> str:
+    """`path` as committed by the newest DVC experiment (its metrics and params live in git)."""
+    refs = subprocess.run(["git", "for-each-ref", "refs/exps", "--sort=-committerdate", "--format=%(objectname)"],
+                          cwd=project, capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run(["git", "show", f"{refs[0]}:{path}"], cwd=project, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_served_deployments_run_dvc(prefect_api_url, project, llm_server):
+    write_params(project, llm_server.base_url)
     commit_all(project, "small demo")
     server_env = os.environ | {"PREFECT_API_URL": prefect_api_url}
     serve_log = project.parent / "serve.log"
     with open(serve_log, "w") as log:
         serving = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=project, env=server_env,
                                    stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_deployment("ingest-captions/default")
-        flow_run = run_deployment("ingest-captions/default", parameters={"project_dir": str(project)}, timeout=300)
+
+    def deploy(name: str, timeout: float = 300, **parameters) -> None:
+        wait_for_deployment(name)
+        flow_run = run_deployment(name, timeout=timeout, parameters={"project_dir": str(project), **parameters})
         assert flow_run.state.is_completed(), serve_log.read_text()[-3000:]
+
+    def workspace() -> tuple[str, str]:
+        return (project / "params.yaml").read_text(), (project / "dvc.lock").read_text()
+
+    def llm_requests() -> int:
+        return llm_server.stats()["requests"]
+
+    try:
+        deploy("ingest-captions/default")
         assert len(schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)) == 5 * SMALL_DEMO["n_images"]
         assert "ingest:" in (project / "dvc.lock").read_text()  # versioned by DVC, not written around it
         commit_all(project, "lock")
 
-        flow_run = run_deployment("ingest-captions/default", timeout=300,
-                                  parameters={"project_dir": str(project), "set_params": {"data.demo.n_images": 9}})
-        assert flow_run.state.is_completed(), serve_log.read_text()[-3000:]
-        assert len(schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)) == 45
-        experiments = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project, capture_output=True,
-                                     text=True, check=True, env=server_env).stdout.split()
-        assert len(experiments) == 1
+        # With parameters a run is an isolated experiment: the workspace keeps its params, lock and outputs.
+        before = workspace()
+        deploy("ingest-captions/default", set_params={"data.demo.n_images": 9})
+        assert workspace() == before
+        assert len(schemas.read(project / paths.CAPTIONS, schemas.CAPTIONS)) == 5 * SMALL_DEMO["n_images"]
+        assert json.loads(newest_experiment_file(project, "reports/ingest.json"))["captions"]["kept"] == 45
 
-        # The knowledge deployment's parameters map onto llm.* params of a DVC experiment.
-        wait_for_deployment("generate-knowledge/default")
-        flow_run = run_deployment("generate-knowledge/default", timeout=300, parameters={
-            "project_dir": str(project), "backend": "openai", "model": "scripted-model",
-            "base_urls": [llm_url], "limit": 4})
-        assert flow_run.state.is_completed(), serve_log.read_text()[-3000:]
-        knowledge = schemas.read(project / paths.KNOWLEDGE, schemas.KNOWLEDGE)
-        assert len(knowledge) == 45 and (knowledge["status"] != "empty").sum() == 4
-        assert yaml.safe_load((project / "params.yaml").read_text())["llm"]["base_urls"] == [llm_url]
+        # README's smoke test, `--param limit=...` alone, then every parameter mapped onto llm.* params.
+        deploy("generate-knowledge/default", limit=2)
+        assert workspace() == before
+        assert json.loads(newest_experiment_file(project, "reports/knowledge_run.json"))["asked_captions"] == 2
+        deploy("generate-knowledge/default", backend="openai", model="scripted-model", base_urls=[llm_server.base_url],
+               limit=4)
+        assert workspace() == before
+        status = json.loads(newest_experiment_file(project, "reports/knowledge.json"))["status"]
+        assert status["empty"] == 5 * SMALL_DEMO["n_images"] - 4
+        experiment_llm = yaml.safe_load(newest_experiment_file(project, "params.yaml"))["llm"]
+        assert (experiment_llm["base_urls"], experiment_llm["limit"]) == ([llm_server.base_url], 4)
 
         # The nightly evaluation: on its cron schedule, and run now through DVC, keeping a history.
         with get_client(sync_client=True) as client:
             nightly = client.read_deployment_by_name("nightly-evaluation/default")
         assert [schedule.schedule.cron for schedule in nightly.schedules] == ["0 3 * * *"]
         for _ in range(2):
-            flow_run = run_deployment("nightly-evaluation/default", timeout=400,
-                                      parameters={"project_dir": str(project)})
-            assert flow_run.state.is_completed(), serve_log.read_text()[-3000:]
+            deploy("nightly-evaluation/default", timeout=400)
         history = [json.loads(line) for line in (project / "reports/eval_history.jsonl").read_text().splitlines()]
         assert len(history) == 2 and history[0]["reranked"] == history[1]["reranked"]
         assert "evaluate" in " ".join(history[0]["reproduced"]) and history[1]["reproduced"] == []
+
+        # After a whole pipeline run (as after `make demo`), knowledge comes from the resume cache: without
+        # parameters nothing is stale, and an experiment's temporary copy gets the cache checked out.
+        commit_all(project, "reproduced")
+        asked = llm_requests()
+        deploy("generate-knowledge/default")
+        deploy("generate-knowledge/default", limit=4)
+        assert llm_requests() == asked
+        assert json.loads(newest_experiment_file(project, "reports/knowledge_run.json"))["cached_captions"] == 4
     finally:
         # Stop `serve` before the test server goes away, or it hangs pausing its deployments.
         serving.terminate()
