@@ -305,7 +305,7 @@ def _relocations(frame: pd.DataFrame, image_root: Path | None, workers: int) -> 
 def _relocated(path: str, annotated: str, image_root: Path) -> str | None:
     if os.path.isfile(path):
         return None
-    parts = PurePosixPath(annotated.replace("\\", "/")).parts
+    parts = PurePosixPath(annotated.replace("\\", "/")).parts  # lists written on Windows, too
     parts = parts[1:] if parts and parts[0] == "/" else parts
     for start in range(len(parts)):
         candidate = image_root.joinpath(*parts[start:])
