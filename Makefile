@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test bench vllm-env clean
+.PHONY: install demo test test-fast lint bench vllm-env clean
 
 install: $(STAMP)
 
@@ -30,8 +30,16 @@ demo: install
 	$(BIN)/dvc pull --remote demo base_clip || echo "demo: no stored backbone matches dvc.lock; the base_clip stage will train it"
 	$(BIN)/python -m flows.local_server dvc repro
 
-test: install
+# Lint only: formatting would rewrite files that dvc.yaml stages depend on.
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest
+
+# A developer's quick answer: everything but the tests marked slow (a Prefect server, DVC, training, SmolLM2).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: install
 	$(BIN)/python bench/ingest_scale.py

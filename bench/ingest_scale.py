@@ -19,8 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tasks import ingest  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tasks.config import from_params, load_params  # noqa: E402
+from tasks.ingest.config import IngestConfig  # noqa: E402
+from tasks.ingest.images import check_image, check_images  # noqa: E402
+from tasks.ingest.readers import read_source  # noqa: E402
+from tasks.ingest.stage import assemble, write_outputs  # noqa: E402
 
 COCO_IMAGES = 123_287
 COCO_SIZE = (640, 480)
@@ -65,17 +70,19 @@ def main() -> None:
         root = Path(tmp)
         annotations, _ = timed(f"make {args.images} images + JSON", make_dataset, root, args.images)
         print(f"annotations: {annotations.stat().st_size / 2**20:.0f} MiB, {5 * args.images} captions")
-        config = ingest.IngestConfig(source="karpathy", annotations=annotations, image_root=root)
+        params = load_params(REPO / "params.yaml")
+        data = {**params["data"], "source": "karpathy", "annotations": str(annotations), "image_root": str(root)}
+        config = from_params(IngestConfig, {**params, "data": data})
 
         sample = [str(p) for p in sorted((root / "val2014").iterdir())[: args.sample]]
-        _, sequential = timed(f"check {len(sample)} images, sequential loop", lambda: [ingest.check_image(p, 32) for p in sample])
-        _, parallel = timed(f"check {len(sample)} images, check_images", ingest.check_images, sample, 32)
+        _, sequential = timed(f"check {len(sample)} images, sequential loop", lambda: [check_image(p, 32) for p in sample])
+        _, parallel = timed(f"check {len(sample)} images, check_images", check_images, sample, 32)
         print(f"parallel / sequential time: {parallel / sequential:.2f}x ({os.cpu_count()} cores)")
 
-        source, read_s = timed("read (stream) Karpathy JSON", ingest.read_source, config)
-        bad, check_s = timed("check every image", ingest.check_images, source.frame["image_path"], 32)
-        result, assemble_s = timed("checks, split, report", ingest.assemble, config, source, bad)
-        _, write_s = timed("write captions.parquet + report", ingest.write_outputs, result,
+        source, read_s = timed("read (stream) Karpathy JSON", read_source, config)
+        bad, check_s = timed("check every image", check_images, source.frame["image_path"], 32)
+        result, assemble_s = timed("checks, split, report", assemble, config, source, bad)
+        _, write_s = timed("write captions.parquet + report", write_outputs, result,
                            root / "captions.parquet", root / "triplets.parquet", root / "ingest.json", root / "demo")
         total = read_s + check_s + assemble_s + write_s
         print(f"{'total stage':<42} {total:8.2f} s  ({result.report['captions']['kept']} captions kept)")

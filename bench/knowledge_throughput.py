@@ -14,8 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tasks import knowledge  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+from tasks.config import from_params, load_params  # noqa: E402
+from tasks.knowledge import generate  # noqa: E402
+from tasks.knowledge.config import LLMConfig  # noqa: E402
 from tests.llm_server import ScriptedServer  # noqa: E402
 
 ANSWER = {"content": json.dumps({"triplets": [["man", "rides", "bike"]]})}
@@ -26,9 +29,14 @@ def captions(count: int, tag: str) -> list[str]:
     return [f"a man {tag} number {i} rides a bike" for i in range(count)]
 
 
-def timed_run(config: knowledge.LLMConfig, texts: list[str], raw_dir: Path) -> float:
+def llm_config(**settings) -> LLMConfig:
+    """params.yaml's llm section with `settings` replacing some."""
+    return from_params(LLMConfig, {"llm": load_params(REPO_ROOT / "params.yaml")["llm"] | settings})
+
+
+def timed_run(config: LLMConfig, texts: list[str], raw_dir: Path) -> float:
     started = time.perf_counter()
-    report = knowledge.run(config, texts, raw_dir=raw_dir, report_path=raw_dir / "run.json", progress=False)
+    report = generate.run(config, texts, raw_dir=raw_dir, report_path=raw_dir / "run.json", progress=False)
     seconds = time.perf_counter() - started
     assert report["asked_captions"] + report["cached_captions"] == len(texts), report
     return seconds
@@ -46,10 +54,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="knowledge-bench-") as tmp:
         root = Path(tmp)
         with ScriptedServer(script, root / "server", latency=args.latency, max_concurrency=args.concurrency) as server:
-            def config(concurrency: int) -> knowledge.LLMConfig:
-                return knowledge.LLMConfig.from_params({"llm": {
-                    "backend": "openai", "model": "bench", "base_urls": [server.base_url],
-                    "concurrency": concurrency, "timeout_s": 30, "examples": "flickr30k"}})
+            def config(concurrency: int) -> LLMConfig:
+                return llm_config(backend="openai", model="bench", base_urls=[server.base_url],
+                                  concurrency=concurrency, timeout_s=30, examples="flickr30k")
 
             # Each caption is one Q1 request; all share one triplet, so Q2 adds a single request.
             sequential_s = timed_run(config(1), captions(args.sequential_captions, "seq"), root / "seq")
@@ -66,8 +73,8 @@ def main() -> None:
 
         with ScriptedServer(script, root / "server2", latency=0, max_concurrency=args.concurrency) as server:
             cached = captions(args.cached, "cached")
-            fill = knowledge.LLMConfig.from_params({"llm": {"backend": "openai", "model": "bench", "concurrency": 64,
-                                                            "base_urls": [server.base_url], "examples": "flickr30k"}})
+            fill = llm_config(backend="openai", model="bench", concurrency=64, base_urls=[server.base_url],
+                              examples="flickr30k")
             timed_run(fill, cached, root / "cached")
         rerun_s = timed_run(fill, cached, root / "cached")  # the server is gone: every answer must come from cache
         print(f"fully cached re-run of {args.cached} captions: {rerun_s:.2f} s")

@@ -19,8 +19,10 @@ import open_clip
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 from model import Knowledge, build_model  # noqa: E402
+from tasks.config import load_params  # noqa: E402
 
 
 def main() -> None:
@@ -30,10 +32,12 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--max-triplets", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--injection-layer", type=int, default=None, help="default: half the depth")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = build_model({"prompt": {}}, open_clip.CLIP(**open_clip.get_model_config(args.model))).eval()
+    prompt = load_params(ROOT / "params.yaml")["prompt"] | {"injection_layer": args.injection_layer}
+    model = build_model({"prompt": prompt}, open_clip.CLIP(**open_clip.get_model_config(args.model))).eval()
     visual = model.clip.visual
     size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
     embed = visual.output_dim

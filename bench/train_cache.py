@@ -21,13 +21,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import ActionAwareCLIP, Knowledge  # noqa: E402
-from tasks import paths, schemas, train  # noqa: E402
+from model import ActionAwareCLIP, Knowledge, Objective, PromptConfig  # noqa: E402
+from tasks import paths, schemas  # noqa: E402
 from tasks.backbone import load_backbone, sha256_of  # noqa: E402
-from tasks.config import load_params  # noqa: E402
-from tasks.features import FeatureSplit  # noqa: E402
+from tasks.config import from_params, load_params  # noqa: E402
 from tasks.featurize import FeaturizeConfig  # noqa: E402
-from tasks.prefixes import PrefixSource  # noqa: E402
+from tasks.rerank.features import FeatureSplit  # noqa: E402
+from tasks.rerank.prefixes import PrefixSource  # noqa: E402
+from tasks.train.batches import BatchMaker  # noqa: E402
+from tasks.train.config import TrainConfig  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -69,20 +71,15 @@ def state_sentences(split: FeatureSplit, template: str) -> np.ndarray:
     return sentences
 
 
-def epoch_seconds(model: ActionAwareCLIP, split, source: PrefixSource, config: train.TrainConfig, steps: int) -> float:
-    objective = train.Objective(model, ("contrastive",), config.margin)
+def epoch_seconds(model: ActionAwareCLIP, split, source: PrefixSource, config: TrainConfig, steps: int) -> float:
+    objective = Objective(model, ("contrastive",), config.margin, config.negatives == "batch_cross")
     optimizer = torch.optim.AdamW(model.set_trainable(1).values(), lr=config.stage1.lr)
     order = np.random.default_rng(config.seed).permutation(len(split.captions))
+    batches = BatchMaker(split, source, config, torch.device("cpu"))
     model.train()
     started = time.perf_counter()
     for step in range(steps):
-        captions = order[step * config.batch_size:(step + 1) * config.batch_size]
-        if config.negatives == "cross":
-            batch = train.cross_batch(split, source, captions, config.cross_negatives,
-                                      np.random.default_rng(step), torch.device("cpu"))
-        else:
-            batch = train.paired_batch(split, source, captions, torch.device("cpu"))
-        loss = objective(batch)
+        loss = objective(batches.make(order, step, np.random.default_rng(step)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -96,7 +93,7 @@ def main() -> None:
                         help="instead of prompt.injection_layer: how many frozen blocks the prefix cache holds")
     args = parser.parse_args()
     params = load_params()
-    config, prompt = train.TrainConfig.from_params(params), train.prompt_config(params)
+    config, prompt = from_params(TrainConfig, params), from_params(PromptConfig, params)
     if args.injection_layer is not None:
         prompt = replace(prompt, injection_layer=args.injection_layer)
     clip, preprocess, tokenizer = load_backbone(paths.BASE_CLIP)
@@ -106,7 +103,7 @@ def main() -> None:
     steps = args.steps or len(split.captions) // config.batch_size
     image_paths = split.images["image_path"].tolist()
     sha = sha256_of(paths.BASE_CLIP / "open_clip_model.safetensors")
-    template = FeaturizeConfig.from_params(params).state_template
+    template = from_params(FeaturizeConfig, params).state_template
     with tempfile.TemporaryDirectory(prefix="prefix-cache-") as cache_dir:
         started = time.perf_counter()
         cached_source = PrefixSource(model, preprocess, image_paths, torch.device("cpu"), Path(cache_dir), sha)

@@ -14,7 +14,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from tasks import history, pipeline
+from tasks import pipeline
+from tasks.evaluate import history
 
 
 @flow(name="ingest-captions")

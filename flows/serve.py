@@ -9,13 +9,23 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import ClassVar
 
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from flows.deployments import generate_knowledge, ingest_captions, nightly_evaluation
-from tasks.config import load_params, section
+from tasks.config import from_params, load_params
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    SECTION: ClassVar[str] = "schedule"
+
+    nightly_evaluation: str  # cron
+    timezone: str
 
 
 def deployments(nightly_cron: str, timezone: str) -> list[RunnerDeployment]:
@@ -28,10 +38,10 @@ def deployments(nightly_cron: str, timezone: str) -> list[RunnerDeployment]:
 
 
 def main() -> None:
-    schedule = section(load_params(), "schedule", {"nightly_evaluation", "timezone"})
+    schedule = from_params(ScheduleConfig, load_params())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nightly-cron", default=schedule["nightly_evaluation"])
-    parser.add_argument("--timezone", default=schedule["timezone"])
+    parser.add_argument("--nightly-cron", default=schedule.nightly_evaluation)
+    parser.add_argument("--timezone", default=schedule.timezone)
     args = parser.parse_args()
     # One run at a time: DVC holds a lock on the repository while it reproduces.
     serve(*deployments(args.nightly_cron, args.timezone), limit=1)

@@ -1,28 +1,20 @@
 """Prefect flow of stage `validate` (dvc.yaml runs `python -m flows.validate`)."""
 from __future__ import annotations
 
-from typing import Any
+from prefect import flow
 
-from prefect import flow, get_run_logger
-from prefect.states import Failed
-
-from flows.common import run_stage_flow
+from flows.common import main, run_stage
 from tasks import validate as stage
-from tasks.config import InputDataError, load_params
-from tasks.knowledge import LLMConfig
+from tasks.config import from_params
+from tasks.knowledge.config import LLMConfig
 
 
 @flow(name="validate")
-def validate(params_file: str = "params.yaml") -> dict[str, Any]:
+def validate(params_file: str = "params.yaml"):
     """Raw LLM answers -> knowledge.parquet, rejects.parquet and reports/knowledge.json."""
-    try:
-        summary = stage.run(LLMConfig.from_params(load_params(params_file)))
-    except InputDataError as exc:
-        return Failed(message=str(exc))
-    get_run_logger().info("knowledge for %d captions: %s; %d rejects", summary["captions"], summary["status"],
-                          summary["rejects"])
-    return summary["status"]
+    return run_stage(lambda params: stage.run(from_params(LLMConfig, params)), params_file, lambda summary: (
+        f"knowledge for {summary['captions']} captions: {summary['status']}; {summary['rejects']} rejects"))
 
 
 if __name__ == "__main__":
-    run_stage_flow(validate)
+    main(validate)

@@ -4,6 +4,7 @@ from model.config import PromptConfig
 from model.factory import build_model
 from model.knowledge import Knowledge
 from model.losses import contrastive_loss, triplet_loss
+from model.objective import Batch, Objective
 
-__all__ = ["ActionAwareCLIP", "ImagePrefix", "Knowledge", "PromptConfig", "build_model", "contrastive_loss",
-           "triplet_loss"]
+__all__ = ["ActionAwareCLIP", "Batch", "ImagePrefix", "Knowledge", "Objective", "PromptConfig", "build_model",
+           "contrastive_loss", "triplet_loss"]

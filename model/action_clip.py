@@ -1,4 +1,4 @@
-"""Action-aware multi-modal prompt tuning on a frozen open_clip CLIP (SPEC section 5, paper section 3.3).
+"""Action-aware multi-modal prompt tuning on a frozen open_clip CLIP (paper section 3.3; docs/model.md).
 
 The image tower is open_clip's own VisionTransformer, run block by block: blocks before the injection layer
 l see only the image (their output is the cacheable *prefix*); at l the knowledge tokens Ṽ and N learnable
@@ -30,11 +30,11 @@ class ImagePrefix:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def index(self, rows: torch.Tensor) -> "ImagePrefix":
+    def index(self, rows: torch.Tensor) -> ImagePrefix:
         """Rows of the prefix, e.g. each image repeated for its candidate captions."""
         return ImagePrefix(self.tokens[rows], self.patches[rows])
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ImagePrefix":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ImagePrefix:
         return ImagePrefix(self.tokens.to(device, dtype), self.patches.to(device, dtype))
 
 
@@ -90,7 +90,7 @@ class ActionAwareCLIP(nn.Module):
         self.logit_scale = nn.Parameter(clip.logit_scale.detach().clone())
 
     # -- the frozen towers ------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "ActionAwareCLIP":
+    def train(self, mode: bool = True) -> ActionAwareCLIP:
         super().train(mode)
         self.clip.eval()  # frozen: no dropout / patch dropout, whatever the prompt modules do
         return self

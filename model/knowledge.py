@@ -35,13 +35,13 @@ class Knowledge:
     def max_triplets(self) -> int:
         return self.mask.shape[1]
 
-    def _map(self, fn) -> "Knowledge":
+    def _map(self, fn) -> Knowledge:
         return replace(self, **{name: None if getattr(self, name) is None else fn(getattr(self, name))
                                 for name in ("mask", "slot_tokens", "states", "templates")})
 
-    def index(self, rows: torch.Tensor) -> "Knowledge":
+    def index(self, rows: torch.Tensor) -> Knowledge:
         """The knowledge of `rows` (e.g. each image's candidate captions in re-ranking)."""
         return self._map(lambda tensor: tensor[rows])
 
-    def to(self, device: torch.device | str) -> "Knowledge":
+    def to(self, device: torch.device | str) -> Knowledge:
         return self._map(lambda tensor: tensor.to(device))

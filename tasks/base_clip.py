@@ -7,12 +7,11 @@ caption) pairs, or a demo corpus drawn apart from the data set (the stand-in for
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
-
 import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import open_clip
@@ -23,8 +22,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tasks import backbone, paths, retrieval, schemas
-from tasks.config import InputDataError, section, subsection, write_json
-from tasks.demo_data import ACTIONS, NOUNS, generate_demo
+from tasks.config import InputDataError, ParamError, checked, write_json
+from tasks.ingest.demo import ACTIONS, NOUNS, generate_demo
 
 SCRATCH = "scratch"
 CORPORA = ("train", "demo")
@@ -34,49 +33,33 @@ SCENE_COLUMNS = ("action", "agent", "patient")
 
 @dataclass(frozen=True)
 class ScratchConfig:
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup_steps: int = 50
-    seed: int = 0
-    workers: int = 0  # image-decoding processes; 0 decodes in the training process
-    corpus: str = "train"  # train: the train split's pairs | demo: a demo corpus drawn with corpus_seed
-    corpus_images: int = 960
-    corpus_seed: int = 1
-    scene_supervision: float = 0.0  # demo corpus: weight of the image embedding's action/agent/patient loss
+    epochs: int = checked(least=1)
+    batch_size: int = checked(least=1)
+    lr: float = checked(above=0)
+    weight_decay: float = checked(least=0)
+    warmup_steps: int = checked(least=0)
+    seed: int
+    workers: int = checked(least=0)  # image-decoding processes; 0 decodes in the training process
+    corpus: str = checked(choices=CORPORA)  # train: the train split's pairs | demo: a demo corpus drawn with corpus_seed
+    corpus_images: int = checked(least=1)
+    corpus_seed: int
+    scene_supervision: float = checked(least=0)  # demo corpus: weight of the image embedding's scene loss
 
 
 @dataclass(frozen=True)
 class ClipConfig:
-    model: str = "ViT-Demo"
-    pretrained: str = SCRATCH
-    device: str = "auto"
-    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    SECTION: ClassVar[str] = "clip"
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> ClipConfig:
-        values = dict(section(params, "clip", set(cls.__dataclass_fields__)))
-        scratch = subsection(values, "clip.scratch", set(ScratchConfig.__dataclass_fields__))
-        config = cls(**values, scratch=ScratchConfig(**scratch))
-        for key in ("model", "pretrained"):
-            if not isinstance(getattr(config, key), str) or not getattr(config, key):
-                raise InputDataError(f"params.yaml: clip.{key}: must be a non-empty string")
-        for key in ("epochs", "batch_size"):
-            if getattr(config.scratch, key) < 1:
-                raise InputDataError(f"params.yaml: clip.scratch.{key}: must be >= 1")
-        for key in ("warmup_steps", "workers", "weight_decay", "scene_supervision"):
-            if getattr(config.scratch, key) < 0:
-                raise InputDataError(f"params.yaml: clip.scratch.{key}: must be >= 0")
-        if not config.scratch.lr > 0:
-            raise InputDataError("params.yaml: clip.scratch.lr: must be > 0")
-        if config.scratch.corpus not in CORPORA:
-            raise InputDataError(f"params.yaml: clip.scratch.corpus: must be one of {list(CORPORA)}, "
-                                 f"got {config.scratch.corpus!r}")
-        if config.scratch.scene_supervision and config.scratch.corpus != "demo":
-            raise InputDataError("params.yaml: clip.scratch.scene_supervision needs clip.scratch.corpus: demo "
-                                 "(only the demo corpus knows each scene's action and roles)")
-        return config
+    model: str
+    pretrained: str
+    device: str
+    scratch: ScratchConfig
+
+    def resolve(self, params: Any) -> ClipConfig:
+        if self.scratch.scene_supervision and self.scratch.corpus != "demo":
+            raise ParamError("scratch.scene_supervision", "needs clip.scratch.corpus: demo (only the demo corpus "
+                                                          "knows each scene's action and roles)")
+        return self
 
 
 class CaptionedImages(backbone.ImageFiles):
@@ -106,6 +89,8 @@ class SceneHead(torch.nn.Module):
     def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         heads = (self.action, self.agent, self.patient)
         return sum(F.cross_entropy(head(image_features), labels[:, column]) for column, head in enumerate(heads)) / 3
+
+
 
 
 def scene_labels(triplets: pd.DataFrame) -> pd.DataFrame:

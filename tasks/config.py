@@ -1,15 +1,35 @@
-"""Reading params.yaml, writing JSON reports, and the error type for bad user input."""
+"""Reading params.yaml into config dataclasses, writing JSON reports, and the error type for bad user input.
+
+params.yaml is the one place of every setting's value: a config dataclass declares its fields, their types and
+rules (`checked(...)`, field metadata), and no defaults. `from_params` is the one way a section becomes a config:
+it refuses unknown and missing keys, checks each value against its type and rules, builds nested sections, and
+runs the class's `resolve` hook for rules across fields. Any problem is one line naming the key and the reason.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+Config = TypeVar("Config")
 
 
 class InputDataError(ValueError):
     """Bad user input (params, annotation files, images): the message names the file/row and the reason."""
+
+
+class ParamError(InputDataError):
+    """A setting that breaks a rule; `from_params` prefixes the file and the section, e.g. params.yaml: train."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -25,29 +45,100 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return params
 
 
-def section(params: dict[str, Any], name: str, allowed: set[str], source: str = "params.yaml") -> dict[str, Any]:
-    """One params section, with unknown keys (usually typos) rejected instead of silently ignored."""
-    values = params.get(name)
-    if not isinstance(values, dict):
-        raise InputDataError(f"{source}: section '{name}' is missing or not a mapping")
-    return _known_keys(values, name, allowed, source)
+def checked(*, choices: Sequence[Any] | None = None, least: float | None = None, most: float | None = None,
+            above: float | None = None) -> Any:
+    """A config field with rules beyond its type: one of `choices`, >= `least`, <= `most`, > `above`."""
+    rules = {"choices": choices, "least": least, "most": most, "above": above}
+    return dataclasses.field(metadata={key: value for key, value in rules.items() if value is not None})
 
 
-def subsection(values: dict[str, Any], path: str, allowed: set[str], source: str = "params.yaml") -> dict[str, Any]:
-    """A nested mapping of a section (e.g. `clip.scratch`), popped from `values`; missing or null means defaults."""
-    nested = values.pop(path.rsplit(".", 1)[-1], None)
-    if nested is None:
-        return {}
-    if not isinstance(nested, dict):
-        raise InputDataError(f"{source}: '{path}' must be a mapping, got {type(nested).__name__}")
-    return _known_keys(nested, path, allowed, source)
+def from_params(cls: type[Config], params: Mapping[str, Any], source: str = "params.yaml") -> Config:
+    """The section `cls.SECTION` of `params` as a `cls`, every value checked (see the module docstring)."""
+    name = cls.SECTION
+    try:
+        config = _build(cls, params.get(name), name)
+        resolve = getattr(config, "resolve", None)
+        return resolve(params) if resolve else config
+    except ParamError as exc:
+        # _build names keys from the section on; a resolve hook names them within it.
+        where = exc.key if exc.key == name or exc.key.startswith(f"{name}.") else f"{name}.{exc.key}"
+        raise InputDataError(f"{source}: {where}: {exc.reason}") from None
 
 
-def _known_keys(values: dict[str, Any], name: str, allowed: set[str], source: str) -> dict[str, Any]:
-    unknown = sorted(set(values) - allowed)
+def _build(cls: type, values: Any, path: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ParamError(path, f"must be a mapping of settings, got {_shown(values)}")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise InputDataError(f"{source}: unknown keys in '{name}': {unknown}; allowed: {sorted(allowed)}")
-    return values
+        raise ParamError(path, f"unknown keys {unknown}; allowed: {sorted(fields)}")
+    missing = sorted(set(fields) - set(values))
+    if missing:
+        raise ParamError(path, f"missing keys {missing} (params.yaml lists every setting)")
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _value(hints[name], values[name], field.metadata, f"{path}.{name}")
+                  for name, field in fields.items()})
+
+
+def _value(hint: Any, value: Any, rules: Mapping[str, Any], path: str) -> Any:
+    optional = type(None) in typing.get_args(hint) and typing.get_origin(hint) in (typing.Union, types.UnionType)
+    if value is None:
+        if optional:
+            return None
+        raise ParamError(path, "must be set (null is not allowed here)")
+    if optional:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    value = _typed(hint, value, path)
+    _check_rules(value, rules, path)
+    return value
+
+
+def _typed(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint) or hint
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ParamError(path, f"must be true or false, got {_shown(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ParamError(path, f"must be an integer, got {_shown(value)}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ParamError(path, f"must be a number, got {_shown(value)}")
+    if hint in (str, Path):
+        if isinstance(value, str) and value.strip():
+            return hint(value)
+        raise ParamError(path, f"must be a non-empty string, got {_shown(value)}")
+    if origin in (tuple, Sequence, list):
+        if isinstance(value, (list, tuple)):
+            (item,) = set(typing.get_args(hint)) - {Ellipsis} or {Any}
+            return tuple(_typed(item, entry, f"{path}[{index}]") for index, entry in enumerate(value))
+        raise ParamError(path, f"must be a list, got {_shown(value)}")
+    if origin in (dict, Mapping):
+        if isinstance(value, Mapping):
+            _, item = typing.get_args(hint) or (str, Any)
+            return {key: _typed(item, entry, f"{path}.{key}") for key, entry in value.items()}
+        raise ParamError(path, f"must be a mapping, got {_shown(value)}")
+    return value  # Any
+
+
+def _check_rules(value: Any, rules: Mapping[str, Any], path: str) -> None:
+    if "choices" in rules and value not in rules["choices"]:
+        raise ParamError(path, f"{value!r} is not one of {', '.join(map(str, rules['choices']))}")
+    if "least" in rules and value < rules["least"]:
+        raise ParamError(path, f"must be >= {rules['least']}, got {value!r}")
+    if "most" in rules and value > rules["most"]:
+        raise ParamError(path, f"must be <= {rules['most']}, got {value!r}")
+    if "above" in rules and not value > rules["above"]:
+        raise ParamError(path, f"must be > {rules['above']}, got {value!r}")
+
+
+def _shown(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})" if value is not None else "null"
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:

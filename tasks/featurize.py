@@ -23,71 +23,62 @@ import json
 import shutil
 import string
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 
 from tasks import backbone, paths, retrieval, schemas
-from tasks.config import InputDataError, section
+from tasks.config import InputDataError, ParamError, checked
 
 SLOTS = ("subject", "action", "object")
 STATUSES = ("ok", "partial", "empty")
 ATTRIBUTE_ACTIONS = ("is", "are")  # <girl, is, small>: attribute knowledge rather than an action
-STATE_TEMPLATE = "Fine-grained state description of action triplet <{subject}, {action}, {object}> is {state}"
-TRIPLET_TEMPLATE = "A photo capturing a {subject} performing {action} in relation to {object}."
 WRITE_ROWS = 65536  # feature rows scattered into a memory-mapped array at a time
 EXAMPLES_IN_MESSAGES = 5
 
 
 @dataclass(frozen=True)
 class FeaturizeConfig:
-    max_triplets: int = 4
-    slot_tokens: int = 8
-    state_template: str = STATE_TEMPLATE
-    triplet_template: str = TRIPLET_TEMPLATE
-    top_k: int = 20
-    chunk_size: int = 4096
-    batch_size: int = 256
-    workers: int = 0
-    device: str = "auto"
-    drop_attributes: bool = False  # the paper's "w/o attribute knowledge" ablation: leave out <x, is, y> triplets
+    SECTION: ClassVar[str] = "featurize"
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> FeaturizeConfig:
-        values = dict(section(params, "featurize", set(cls.__dataclass_fields__)))
-        if values.get("max_triplets") is None:
-            values["max_triplets"] = (params.get("llm") or {}).get("max_triplets")
-            if values["max_triplets"] is None:
-                raise InputDataError("params.yaml: featurize.max_triplets: null means llm.max_triplets, "
-                                     "which is not set")
-        config = cls(**values)
-        for key in ("max_triplets", "slot_tokens", "top_k", "chunk_size", "batch_size", "workers"):
-            value, least = getattr(config, key), 0 if key == "workers" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise InputDataError(f"params.yaml: featurize.{key}: must be an integer >= {least}, got {value!r}")
-        _check_template("state_template", config.state_template, (*SLOTS, "state"), required="state")
-        _check_template("triplet_template", config.triplet_template, SLOTS)
-        return config
+    max_triplets: int | None = checked(least=1)  # K triplet slots per caption; None: llm.max_triplets
+    slot_tokens: int = checked(least=1)
+    state_template: str
+    triplet_template: str
+    top_k: int = checked(least=1)
+    chunk_size: int = checked(least=1)
+    batch_size: int = checked(least=1)
+    workers: int = checked(least=0)
+    device: str
+    drop_attributes: bool  # the paper's "w/o attribute knowledge" ablation: leave out <x, is, y> triplets
+
+    def resolve(self, params: Mapping[str, Any]) -> FeaturizeConfig:
+        _check_template("state_template", self.state_template, (*SLOTS, "state"), required="state")
+        _check_template("triplet_template", self.triplet_template, SLOTS)
+        if self.max_triplets is not None:
+            return self
+        llm_triplets = (params.get("llm") or {}).get("max_triplets")
+        if isinstance(llm_triplets, bool) or not isinstance(llm_triplets, int) or llm_triplets < 1:
+            raise ParamError("max_triplets", f"null means llm.max_triplets, which is not an integer >= 1: "
+                                             f"{llm_triplets!r}")
+        return replace(self, max_triplets=llm_triplets)
 
 
-def _check_template(key: str, template: Any, fields: Sequence[str], required: str | None = None) -> None:
-    where = f"params.yaml: featurize.{key}"
-    if not isinstance(template, str):
-        raise InputDataError(f"{where}: must be a string")
+def _check_template(key: str, template: str, fields: Sequence[str], required: str | None = None) -> None:
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        raise InputDataError(f"{where}: not a format string ({exc})") from None
+        raise ParamError(key, f"not a format string ({exc})") from None
     unknown = sorted(names - set(fields))
     if unknown:
-        raise InputDataError(f"{where}: unknown fields {unknown}; allowed: {{{'}, {'.join(fields)}}}")
+        raise ParamError(key, f"unknown fields {unknown}; allowed: {{{'}, {'.join(fields)}}}")
     if required and required not in names:
-        raise InputDataError(f"{where}: must contain {{{required}}}")
+        raise ParamError(key, f"must contain {{{required}}}")
 
 
 def _examples(ids: Sequence[str]) -> str:

@@ -1,6 +1,6 @@
 """Stage `validate`: raw LLM answers -> knowledge.parquet (one row per caption), rejects.parquet, report.
 
-The rules are knowledge_rules', the same the knowledge stage used to decide on re-asks. Invariants: every
+The rules are tasks/knowledge/rules.py's, the same the knowledge stage used to decide on re-asks. Invariants: every
 caption_id of captions.parquet is in knowledge.parquet exactly once (status `empty` when nothing valid came
 back), and every discarded answer or item is in rejects.parquet with its reason.
 """
@@ -15,9 +15,11 @@ from typing import Any
 
 import pandas as pd
 
-from tasks import knowledge_rules as rules
 from tasks import paths, schemas
-from tasks.knowledge import LLMConfig, Prompts, RawStore, caption_key, same_text, triplet_key
+from tasks.knowledge import rules
+from tasks.knowledge.config import LLMConfig
+from tasks.knowledge.prompts import Prompts, caption_key, same_text, triplet_key
+from tasks.knowledge.store import RawStore
 
 NO_ANSWER = "no answer in the knowledge cache (beyond llm.limit, or the knowledge stage failed for it)"
 
@@ -88,14 +90,14 @@ def build(captions: pd.DataFrame, records: dict[str, dict[str, Any]], config: LL
           ) -> tuple[pd.DataFrame, pd.DataFrame, list[CaptionKnowledge]]:
     verdicts: dict[str, CaptionKnowledge] = {}
     rows, rejects, per_caption = [], [], []
-    for caption_id, caption in zip(captions["caption_id"], captions["caption"]):
+    for caption_id, caption in zip(captions["caption_id"], captions["caption"], strict=True):
         text_key = same_text(caption)
         if text_key not in verdicts:
             verdicts[text_key] = judge(caption, records, config.model, prompts, config.max_triplets)
         verdict = verdicts[text_key]
         per_caption.append(verdict)
         rows.append({"caption_id": caption_id, "caption": caption,
-                     "triplets": [dict(zip(("subject", "action", "object"), t)) for t in verdict.triplets],
+                     "triplets": [dict(zip(("subject", "action", "object"), t, strict=True)) for t in verdict.triplets],
                      "states": verdict.states, "status": verdict.status, "model": config.model,
                      "prompt_version": prompts.version_id, "attempts": verdict.attempts})
         rejects += [{"caption_id": caption_id, "attempt": attempt, "reason": reason, "raw_output": raw}
@@ -127,9 +129,9 @@ def canonical(triplet: rules.Triplet | dict[str, str]) -> tuple[str, str, str]:
 
 def triplet_scores(knowledge: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
     """Precision and recall of the kept triplets against the demo's true triplets (matched on head nouns and verb)."""
-    true_by_id = dict(zip(truth["caption_id"], truth["triplets"]))
+    true_by_id = dict(zip(truth["caption_id"], truth["triplets"], strict=True))
     matched = predicted = expected = main_found = 0
-    for caption_id, triplets in zip(knowledge["caption_id"], knowledge["triplets"]):
+    for caption_id, triplets in zip(knowledge["caption_id"], knowledge["triplets"], strict=True):
         truths = [canonical(t) for t in true_by_id.get(caption_id, [])]
         found = Counter(canonical(t) for t in triplets)
         matched += sum((found & Counter(truths)).values())

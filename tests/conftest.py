@@ -1,11 +1,13 @@
 """Test-session environment: offline, telemetry off, a private PREFECT_HOME, one Prefect test server."""
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,11 +26,30 @@ os.environ.update({
 from prefect.settings import PREFECT_API_URL  # noqa: E402  (after the environment above)
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+from tasks.config import load_params  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = REPO_ROOT / "tests" / "data"  # fixtures committed with the suite (tests/data/README.md)
 # What a fresh clone holds that the pipeline needs (no .venv, no artifacts).
 PROJECT_FILES = ["flows", "tasks", "model", "prompts", "configs", "dvc.yaml", "params.yaml", ".dvc/config",
                  ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+PARAMS = load_params(REPO_ROOT / "params.yaml")
+
+
+def params_with(**sections: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml with some settings replaced, nested mappings merged: params_with(data={"demo": {"n_images": 8}})."""
+    return merged(PARAMS, sections)
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes`, nested mappings merged key by key (both left unchanged)."""
+    result = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks import schemas
-from tasks.demo_data import generate_demo
+from tasks.ingest.demo import generate_demo
 
 TINY_CLIP = "ViT-Tiny-Test"  # configs/clip/ViT-Tiny-Test.json: 32 px images, 2 layers per tower
 SPLITS = {"train": 0.5, "val": 0.25, "test": 0.25}

@@ -1,22 +1,21 @@
 """Ablation presets: every override names a real parameter with a valid value, and the comparison table."""
 from __future__ import annotations
 
-from pathlib import Path
+import copy
 
 import pytest
-import yaml
 
 from model import PromptConfig
 from tasks.ablations import EXPERIMENT_NAME, METRICS, PRESETS, table
+from tasks.config import from_params
 from tasks.featurize import FeaturizeConfig
-from tasks.train import TrainConfig
-
-PARAMS = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text())
+from tasks.train.config import TrainConfig
+from tests.conftest import PARAMS
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_overrides_existing_params_with_valid_values(name):
-    params = yaml.safe_load(yaml.safe_dump(PARAMS))
+    params = copy.deepcopy(PARAMS)
     for key, value in PRESETS[name][1].items():
         *path, leaf = key.split(".")
         section = params
@@ -24,9 +23,8 @@ def test_every_preset_overrides_existing_params_with_valid_values(name):
             section = section[part]
         assert leaf in section, f"{name}: {key} is not in params.yaml"
         section[leaf] = value
-    PromptConfig.from_mapping(params["prompt"])
-    TrainConfig.from_params(params)
-    FeaturizeConfig.from_params(params)
+    for config in (PromptConfig, TrainConfig, FeaturizeConfig):
+        from_params(config, params)
 
 
 def test_experiment_names_carry_preset_and_time():

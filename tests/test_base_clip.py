@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import huggingface_hub
@@ -13,10 +14,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tasks import backbone, base_clip, schemas
-from tasks.config import InputDataError
+from tasks.config import InputDataError, from_params
+from tests.conftest import PARAMS, merged, params_with
 from tests.small_demo import TINY_CLIP, write_demo
 
-SCRATCH = {"epochs": 2, "batch_size": 16, "warmup_steps": 2, "seed": 3}
+SCRATCH = {"epochs": 2, "batch_size": 16, "warmup_steps": 2, "seed": 3, "corpus": "train"}
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +27,8 @@ def captions_path(tmp_path_factory) -> Path:
 
 
 def config(**clip) -> base_clip.ClipConfig:
-    values = {"model": TINY_CLIP, "pretrained": "scratch", "device": "cpu", "scratch": SCRATCH} | clip
-    return base_clip.ClipConfig.from_params({"clip": values})
+    values = merged({"model": TINY_CLIP, "pretrained": "scratch", "device": "cpu", "scratch": SCRATCH}, clip)
+    return from_params(base_clip.ClipConfig, params_with(clip=values))
 
 
 def run(tmp_path: Path, captions_path: Path, cfg: base_clip.ClipConfig, name: str = "base_clip") -> dict:
@@ -55,9 +57,7 @@ def test_scratch_training_is_seeded_and_reported(tmp_path, captions_path):
     assert (tmp_path / "first" / backbone.WEIGHTS_FILE).read_bytes() == \
         (tmp_path / "second" / backbone.WEIGHTS_FILE).read_bytes()
     report = json.loads((tmp_path / "first.json").read_text())
-    assert report["source"] == {"kind": "scratch", **SCRATCH, "lr": 0.0005, "weight_decay": 0.1, "workers": 0,
-                                "corpus": "train", "corpus_images": 960, "corpus_seed": 1,
-                                "scene_supervision": 0.0}
+    assert report["source"] == {"kind": "scratch", **PARAMS["clip"]["scratch"], **SCRATCH}
     assert len(report["loss_per_epoch"]) == 2 and all(np.isfinite(report["loss_per_epoch"]))
     counts = report["parameters"]
     assert counts["visual"] + counts["text"] + counts["logit_scale"] == counts["total"] > 0
@@ -152,12 +152,14 @@ def test_open_clip_tag_offline_fails_with_one_clear_line(tmp_path, monkeypatch):
     ({"pretrained": "openai", "model": "ViT-B-32"}, r"could not fetch the 'openai' weights of ViT-B-32"),
     ({"device": "tpu"}, r"clip\.device: 'tpu' is not a device"),
     ({"scratch": {"epochs": 0}}, r"clip\.scratch\.epochs: must be >= 1"),
-    ({"scratch": {"learning_rate": 1}}, r"unknown keys in 'clip\.scratch': \['learning_rate'\]"),
-    ({"pretrain": "openai"}, r"unknown keys in 'clip': \['pretrain'\]"),
-    ({"scratch": 5}, r"'clip\.scratch' must be a mapping, got int"),
-    ({"scratch": {"corpus": "web"}}, r"clip\.scratch\.corpus: must be one of \['train', 'demo'\], got 'web'"),
+    ({"scratch": {"learning_rate": 1}}, r"clip\.scratch: unknown keys \['learning_rate'\]"),
+    ({"pretrain": "openai"}, r"clip: unknown keys \['pretrain'\]"),
+    ({"scratch": 5}, r"clip\.scratch: must be a mapping of settings, got 5 \(int\)"),
+    ({"scratch": {"corpus": "web"}}, r"clip\.scratch\.corpus: 'web' is not one of train, demo"),
+    ({"scratch": {"lr": "fast"}}, r"clip\.scratch\.lr: must be a number, got 'fast' \(str\)"),
+    ({"model": None}, r"clip\.model: must be set \(null is not allowed here\)"),
     ({"scratch": {"corpus": "demo", "corpus_images": 2}}, r"clip\.scratch \(corpus demo\): n_images must be"),
-    ({"scratch": {"scene_supervision": 1.0}}, r"scene_supervision needs clip\.scratch\.corpus: demo"),
+    ({"scratch": {"scene_supervision": 1.0}}, r"scene_supervision: needs clip\.scratch\.corpus: demo"),
     ({"scratch": {"corpus": "demo", "scene_supervision": -1}}, r"clip\.scratch\.scene_supervision: must be >= 0"),
 ])
 def test_bad_params_are_named(tmp_path, captions_path, monkeypatch, clip, expected):
@@ -189,7 +191,7 @@ def test_scratch_on_a_demo_corpus_needs_no_train_split_and_is_seeded(tmp_path, c
 
 def test_scene_labels_follow_the_twins(tmp_path):
     corpus = base_clip.demo_corpus(tmp_path, {"vision_cfg": {"image_size": 32}},
-                                   base_clip.ScratchConfig(corpus="demo", corpus_images=8, corpus_seed=2))
+                                   replace(config().scratch, corpus="demo", corpus_images=8, corpus_seed=2))
     per_image = corpus.groupby("image_id")[list(base_clip.SCENE_COLUMNS)].agg(set)
     assert per_image.map(len).eq(1).all().all()  # every caption of an image has its image's labels
     base, role_swap, action_swap, action_role_swap = per_image.map(min).to_dict("records")[:4]

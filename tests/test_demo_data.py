@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.demo_data import ACTIONS, CAPTIONS_PER_IMAGE, GROUP_SIZE, generate_demo, twin_group_index
+from tasks.ingest.demo import (
+    ACTIONS,
+    CAPTIONS_PER_IMAGE,
+    GROUP_SIZE,
+    generate_demo,
+    twin_group_index,
+)
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 ACTION_WORDS = {word for forms in ACTIONS.values() for verb in forms
@@ -194,19 +200,14 @@ def test_bag_of_words_retrieval_prefers_the_role_swap(captions: pd.DataFrame) ->
     assert expected_recall_at_1(scored) < 0.2
 
 
+# The generator checks its counts (tasks/base_clip.py passes clip.scratch values); split fractions, passive_voice
+# and colour_cast are checked where they come from, params.yaml's data.demo (tests/test_ingest.py).
 @pytest.mark.parametrize(("arguments", "message"), [
     ({"n_images": 2}, "n_images"),
     ({"image_size": 16}, "image_size"),
     ({"image_size": 512}, "image_size"),
     ({"seed": -1}, "seed"),
-    ({"split_fractions": {"train": 0.8, "test": 0.2}}, "keys"),
-    ({"split_fractions": {"train": 0.8, "val": 0.3, "test": -0.1}}, "non-negative"),
-    ({"split_fractions": {"train": 0.7, "val": 0.1, "test": 0.1}}, "sum to 1"),
-    ({"passive_voice": "no"}, "passive_voice"),
-    ({"colour_cast": (1.0, 0.8)}, "colour_cast"),
-    ({"colour_cast": (1.0, 0.8, -0.1)}, "colour_cast"),
-    ({"colour_cast": (1.0, float("nan"), 0.5)}, "colour_cast"),
-    ({"colour_cast": "warm"}, "colour_cast"),
+    ({"seed": True}, "seed"),
 ])
 def test_invalid_arguments_are_rejected(tmp_path: Path, arguments: dict[str, object], message: str) -> None:
     valid = {"image_dir": tmp_path, "n_images": 6, "image_size": 32, "seed": 0, "split_fractions": FRACTIONS}

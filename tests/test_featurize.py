@@ -18,7 +18,8 @@ import yaml
 from PIL import Image
 
 from tasks import backbone, featurize, paths, retrieval, schemas
-from tasks.config import InputDataError
+from tasks.config import InputDataError, from_params
+from tests.conftest import PARAMS, params_with
 from tests.small_demo import TINY_CLIP, knowledge_from_truth, write_demo
 
 K, S, D = 4, 8, 32  # llm.max_triplets, featurize.slot_tokens, the tiny CLIP's embed dim
@@ -28,8 +29,8 @@ ARRAYS = {"image": np.float16, "text": np.float16, "slot_tokens": np.int32, "tri
 
 
 def config(**values) -> featurize.FeaturizeConfig:
-    defaults = {"max_triplets": None, "device": "cpu", "chunk_size": 3, "batch_size": 16}
-    return featurize.FeaturizeConfig.from_params({"featurize": defaults | values, "llm": {"max_triplets": K}})
+    changes = {"max_triplets": None, "device": "cpu", "chunk_size": 3, "batch_size": 16}
+    return from_params(featurize.FeaturizeConfig, params_with(featurize=changes | values, llm={"max_triplets": K}))
 
 
 @dataclass
@@ -81,7 +82,8 @@ def test_contract_rows_shapes_and_dtypes(stage):
     assert (meta["embed_dim"], meta["max_triplets"], meta["slot_tokens"], meta["top_k"]) == (D, K, S, 20)
     assert meta["backbone"]["model_cfg"] == backbone.model_config(TINY_CLIP)
     assert meta["backbone"]["weights_sha256"] == backbone.sha256_of(stage.root / "clip" / backbone.WEIGHTS_FILE)
-    assert meta["templates"] == {"state": featurize.STATE_TEMPLATE, "triplet": featurize.TRIPLET_TEMPLATE}
+    assert meta["templates"] == {"state": PARAMS["featurize"]["state_template"],
+                                 "triplet": PARAMS["featurize"]["triplet_template"]}
     assert list(meta["splits"]) == ["train", "val", "test"]
     assert sum(counts["captions"] for counts in meta["splits"].values()) == len(stage.captions)
 
@@ -124,8 +126,8 @@ def test_features_are_the_frozen_backbones_normalised_outputs(stage):
         row = int(np.flatnonzero(arrays["triplet_mask"][:, 1])[0])
         triplet, state = knowledge.at[row, "triplets"][1], knowledge.at[row, "states"][1]
         texts = {"text": captions.at[row, "caption"],
-                 "states": featurize.STATE_TEMPLATE.format(**triplet, state=state),
-                 "templates": featurize.TRIPLET_TEMPLATE.format(**triplet)}
+                 "states": PARAMS["featurize"]["state_template"].format(**triplet, state=state),
+                 "templates": PARAMS["featurize"]["triplet_template"].format(**triplet)}
         for name, text in texts.items():
             expected = model.encode_text(tokenizer([text]), normalize=True)[0].numpy()
             found = arrays[name][row] if name == "text" else arrays[name][row, 1]
@@ -234,13 +236,15 @@ def test_knowledge_that_does_not_match_the_captions_fails_naming_the_ids(stage, 
 
 
 @pytest.mark.parametrize("values, expected", [
-    ({"top_k": 0}, r"featurize\.top_k: must be an integer >= 1, got 0"),
-    ({"slot_tokens": "8"}, r"featurize\.slot_tokens: must be an integer >= 1, got '8'"),
+    ({"top_k": 0}, r"featurize\.top_k: must be >= 1, got 0"),
+    ({"slot_tokens": "8"}, r"featurize\.slot_tokens: must be an integer, got '8' \(str\)"),
     ({"state_template": "<{subject}, {verb}> is {state}"}, r"featurize\.state_template: unknown fields \['verb'\]"),
     ({"state_template": "<{subject}, {action}, {object}>"}, r"featurize\.state_template: must contain \{state\}"),
     ({"triplet_template": "a {subject"}, r"featurize\.triplet_template: not a format string"),
     ({"device": "gpu0"}, r"featurize\.device: 'gpu0' is not a device"),
-    ({"top-k": 5}, r"unknown keys in 'featurize': \['top-k'\]"),
+    ({"top-k": 5}, r"featurize: unknown keys \['top-k'\]"),
+    ({"top_k": 2.5}, r"featurize\.top_k: must be an integer, got 2\.5 \(float\)"),
+    ({"workers": -1}, r"featurize\.workers: must be >= 0, got -1"),
 ])
 def test_bad_params_are_named(stage, tmp_path, values, expected):
     with pytest.raises(InputDataError, match=expected):
@@ -248,10 +252,22 @@ def test_bad_params_are_named(stage, tmp_path, values, expected):
 
 
 def test_max_triplets_defaults_to_the_llm_setting():
-    assert featurize.FeaturizeConfig.from_params({"featurize": {}, "llm": {"max_triplets": 3}}).max_triplets == 3
-    assert featurize.FeaturizeConfig.from_params({"featurize": {"max_triplets": 2}}).max_triplets == 2
-    with pytest.raises(InputDataError, match="featurize.max_triplets: null means llm.max_triplets, which is not set"):
-        featurize.FeaturizeConfig.from_params({"featurize": {"max_triplets": None}})
+    def max_triplets(featurize_k, llm_k) -> int:
+        params = params_with(featurize={"max_triplets": featurize_k}, llm={"max_triplets": llm_k})
+        return from_params(featurize.FeaturizeConfig, params).max_triplets
+
+    assert max_triplets(None, 3) == 3
+    assert max_triplets(2, 3) == 2
+    with pytest.raises(InputDataError, match="featurize.max_triplets: null means llm.max_triplets, which is not an "
+                                             "integer >= 1: None"):
+        max_triplets(None, None)
+
+
+def test_a_missing_setting_is_named():
+    params = params_with()
+    del params["featurize"]["top_k"]
+    with pytest.raises(InputDataError, match=r"^params\.yaml: featurize: missing keys \['top_k'\]"):
+        from_params(featurize.FeaturizeConfig, params)
 
 
 @pytest.mark.parametrize("missing, expected", [
@@ -268,6 +284,7 @@ def test_missing_inputs_are_one_clear_error(stage, tmp_path, missing, expected):
                       report_path=tmp_path / "featurize.json")
 
 
+@pytest.mark.slow
 def test_failed_flow_exits_with_one_line(prefect_api_url, stage, tmp_path):
     shutil.copytree(stage.root / "clip", tmp_path / paths.BASE_CLIP)
     (tmp_path / paths.CAPTIONS).parent.mkdir(parents=True)

@@ -7,31 +7,35 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks import ingest, schemas
-from tasks.config import InputDataError
-from tests.conftest import TEST_DATA
+from tasks import schemas
+from tasks.config import InputDataError, from_params
+from tasks.ingest import stage
+from tasks.ingest.config import IngestConfig
+from tasks.ingest.images import check_images
+from tests.conftest import TEST_DATA, params_with
 from tests.images import write_image, write_truncated_jpeg
 
 FLICKR_SAMPLE = TEST_DATA / "flickr30k_test_captions_sample.tsv"
 
 
-def config(**data) -> ingest.IngestConfig:
-    demo = data.pop("demo", {"n_images": 30})
-    return ingest.IngestConfig.from_params({"data": {"on_bad_image": "fail", **data, "demo": demo}})
+def config(**data) -> IngestConfig:
+    """params.yaml's `data` with these settings (demo: 30 images unless given)."""
+    data.setdefault("demo", {"n_images": 30})
+    return from_params(IngestConfig, params_with(data=data))
 
 
-def run(tmp_path: Path, cfg: ingest.IngestConfig) -> ingest.IngestResult:
-    return ingest.run(cfg, demo_image_dir=tmp_path / "out" / "demo_images",
-                      captions_path=tmp_path / "out" / "captions.parquet",
-                      triplets_path=tmp_path / "out" / "true_triplets.parquet",
-                      report_path=tmp_path / "out" / "ingest.json")
+def run(tmp_path: Path, cfg: IngestConfig) -> stage.IngestResult:
+    return stage.run(cfg, demo_image_dir=tmp_path / "out" / "demo_images",
+                     captions_path=tmp_path / "out" / "captions.parquet",
+                     triplets_path=tmp_path / "out" / "true_triplets.parquet",
+                     report_path=tmp_path / "out" / "ingest.json")
 
 
 def report(tmp_path: Path) -> dict:
     return json.loads((tmp_path / "out" / "ingest.json").read_text())
 
 
-def assert_accounted(result: ingest.IngestResult) -> None:
+def assert_accounted(result: stage.IngestResult) -> None:
     counts = result.report["captions"]
     assert counts["input"] == counts["kept"] + counts["dropped"]
     assert counts["dropped"] == counts["dropped_bad_caption"] + counts["dropped_bad_image"] + counts["dropped_over_limit"]
@@ -170,7 +174,7 @@ def test_paths_that_exist_are_not_re_rooted(tmp_path):
 
 def coco_like_karpathy(tmp_path: Path) -> Path:
     """Karpathy COCO gives some images 6 or 7 sentences; here 7, 5 and 3 in test and 6 in train."""
-    images = [karpathy_image("t7.jpg", "test", list(range(0, 7))), karpathy_image("t5.jpg", "test", list(range(10, 15))),
+    images = [karpathy_image("t7.jpg", "test", list(range(7))), karpathy_image("t5.jpg", "test", list(range(10, 15))),
               karpathy_image("t3.jpg", "test", list(range(20, 23))), karpathy_image("r6.jpg", "restval", list(range(30, 36)))]
     for image in images:
         write_image(tmp_path / "coco" / "val2014" / image["filename"])
@@ -385,27 +389,86 @@ def test_table_without_required_columns(tmp_path):
 # ---------------------------------------------------------------- params
 
 @pytest.mark.parametrize("data, expected", [
-    ({"source": "flickr"}, "data.source: 'flickr' is not one of demo, karpathy, table, lamp_txt"),
-    ({"source": "karpathy"}, "data.annotations: required for source 'karpathy'"),
-    ({"source": "karpathy", "annotations": "/nonexistent/dataset.json"}, "/nonexistent/dataset.json: file not found"),
-    ({"source": "table", "annotations": "params.yaml"}, "unknown table format"),
-    ({"on_bad_image": "ignore"}, "data.on_bad_image: 'ignore' is not one of fail, skip"),
-    ({"test_fraction": 0.6, "val_fraction": 0.5}, "together < 1"),
-    ({"sorce": "demo"}, "unknown keys in 'data': ['sorce']"),
-    ({"captions_per_image": 0}, "data.captions_per_image: '0' must be an integer >= 1, or null to keep all"),
-    ({"captions_per_image": "5"}, "data.captions_per_image: '5' must be an integer >= 1"),
-    ({"demo": {"n_images": 1}}, "data.demo: "),
-    ({"demo": {"images": 8}}, "unknown keys in 'data.demo': ['images']"),
+    ({"source": "flickr"}, "params.yaml: data.source: 'flickr' is not one of demo, karpathy, table, lamp_txt"),
+    ({"source": "karpathy"}, "params.yaml: data.annotations: required for source 'karpathy'"),
+    ({"source": "karpathy", "annotations": "/nonexistent/dataset.json"},
+     "params.yaml: data.annotations: /nonexistent/dataset.json: file not found"),
+    ({"source": "table", "annotations": "params.yaml"}, "params.yaml: data.annotations: params.yaml: unknown table format"),
+    ({"source": "table", "annotations": str(FLICKR_SAMPLE), "image_root": "/nonexistent/images"},
+     "params.yaml: data.image_root: /nonexistent/images: directory not found"),
+    ({"on_bad_image": "ignore"}, "params.yaml: data.on_bad_image: 'ignore' is not one of fail, skip"),
+    ({"split": "holdout"}, "params.yaml: data.split: 'holdout' is not one of train, restval, val, test"),
+    ({"test_fraction": 0.6, "val_fraction": 0.5},
+     "params.yaml: data.val_fraction/test_fraction: each must be >= 0 and together < 1"),
+    ({"val_fraction": -0.1}, "params.yaml: data.val_fraction: must be >= 0, got -0.1"),
+    ({"sorce": "demo"}, "data: unknown keys ['sorce']; allowed: ['annotations', 'captions_per_image', 'demo', "),
+    ({"captions_per_image": 0}, "params.yaml: data.captions_per_image: must be >= 1, got 0"),
+    ({"captions_per_image": "5"}, "params.yaml: data.captions_per_image: must be an integer, got '5' (str)"),
+    ({"min_image_side": 0}, "params.yaml: data.min_image_side: must be >= 1, got 0"),
+    ({"min_image_side": 32.5}, "params.yaml: data.min_image_side: must be an integer, got 32.5 (float)"),
+    ({"test_fraction": "0.1"}, "params.yaml: data.test_fraction: must be a number, got '0.1' (str)"),
+    ({"seed": -1}, "params.yaml: data.seed: must be >= 0, got -1"),
+    ({"seed": None}, "params.yaml: data.seed: must be set (null is not allowed here)"),
+    ({"workers": -2}, "params.yaml: data.workers: must be >= 0, got -2"),
+    ({"on_bad_caption": True}, "params.yaml: data.on_bad_caption: must be a non-empty string, got True (bool)"),
+    ({"annotations": ""}, "params.yaml: data.annotations: must be a non-empty string, got '' (str)"),
+    ({"demo": {"n_images": 1}}, "params.yaml: data.demo.n_images: must be >= 4, got 1"),
+    ({"demo": {"image_size": 16}}, "params.yaml: data.demo.image_size: must be >= 32, got 16"),
+    ({"demo": {"image_size": 512}}, "params.yaml: data.demo.image_size: must be <= 256, got 512"),
+    ({"demo": {"images": 8}}, "params.yaml: data.demo: unknown keys ['images']"),
+    ({"demo": "small"}, "params.yaml: data.demo: must be a mapping of settings, got 'small' (str)"),
+    ({"demo": {"passive_voice": "no"}}, "params.yaml: data.demo.passive_voice: must be true or false, got 'no' (str)"),
+    ({"demo": {"splits": {"holdout": 0.0}}},  # merged into params.yaml's splits
+     "params.yaml: data.demo.splits: need exactly the keys ['train', 'val', 'test'], got ['holdout', 'test', 'train', 'val']"),
+    ({"demo": {"splits": {"train": 0.8, "val": 0.3, "test": -0.1}}},
+     "params.yaml: data.demo.splits: must be finite and non-negative"),
+    ({"demo": {"splits": {"train": 0.7, "val": 0.1, "test": 0.1}}}, "params.yaml: data.demo.splits: must sum to 1"),
+    ({"demo": {"splits": {"train": "most", "val": 0.1, "test": 0.1}}},
+     "params.yaml: data.demo.splits.train: must be a number, got 'most' (str)"),
     ({"demo": {"n_images": 8, "colour_cast": [1.0, 0.8]}},
-     "params.yaml: data.demo: colour_cast must be three gains (red, green, blue) between 0 and 2.0"),
+     "params.yaml: data.demo.colour_cast: must be three gains (red, green, blue) between 0 and 2.0, got [1.0, 0.8]"),
+    ({"demo": {"colour_cast": [1.0, 0.8, -0.1]}}, "params.yaml: data.demo.colour_cast: must be three gains"),
+    ({"demo": {"colour_cast": [1.0, float("nan"), 0.5]}}, "params.yaml: data.demo.colour_cast: must be three gains"),
+    ({"demo": {"colour_cast": "warm"}}, "params.yaml: data.demo.colour_cast: must be a list, got 'warm' (str)"),
+    ({"demo": {"colour_cast": [1.0, "red", 0.5]}},
+     "params.yaml: data.demo.colour_cast[1]: must be a number, got 'red' (str)"),
 ])
-def test_bad_params_are_named(tmp_path, data, expected):
-    with pytest.raises(InputDataError, match=None) as failure:
-        run(tmp_path, config(**data))
+def test_bad_params_are_named(data, expected):
+    with pytest.raises(InputDataError) as failure:
+        config(**data)
     assert expected in str(failure.value)
+    assert str(failure.value).startswith("params.yaml: data") and "\n" not in str(failure.value)
+
+
+@pytest.mark.parametrize("section, key", [("data", "min_image_side"), ("data", "demo"), ("demo", "colour_cast")])
+def test_a_missing_setting_is_named(section, key):
+    params = params_with()
+    (params["data"] if section == "data" else params["data"]["demo"]).pop(key)
+    where = "data" if section == "data" else "data.demo"
+    with pytest.raises(InputDataError) as failure:
+        from_params(IngestConfig, params)
+    assert str(failure.value) == f"params.yaml: {where}: missing keys ['{key}'] (params.yaml lists every setting)"
+
+
+def test_a_missing_data_section_is_named():
+    params = params_with()
+    del params["data"]
+    with pytest.raises(InputDataError) as failure:
+        from_params(IngestConfig, params)
+    assert str(failure.value) == "params.yaml: data: must be a mapping of settings, got null"
+
+
+def test_params_yaml_as_it_is_and_image_root_beside_the_annotations(tmp_path):
+    assert from_params(IngestConfig, params_with()).demo.colour_cast == (1.0, 0.8, 0.55)  # a tuple, as typed
+    annotations = tmp_path / "lists" / "test.txt"
+    annotations.parent.mkdir()
+    annotations.write_text("0*a.jpg*a dog\n")
+    cfg = config(source="lamp_txt", annotations=str(annotations))
+    assert cfg.annotations == annotations and cfg.image_root == annotations.parent
+    assert config(source="lamp_txt", annotations=str(annotations), image_root=str(tmp_path)).image_root == tmp_path
 
 
 def test_check_images_reports_only_bad_ones(tmp_path):
     good = write_image(tmp_path / "good.png", image_format="PNG")
-    verdicts = ingest.check_images([str(good), str(good), str(tmp_path / "nope.png")], min_side=32, workers=2)
+    verdicts = check_images([str(good), str(good), str(tmp_path / "nope.png")], min_side=32, workers=2)
     assert verdicts == {str(tmp_path / "nope.png"): "missing"}

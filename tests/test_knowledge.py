@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,8 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks import knowledge, schemas, validate
-from tasks.llm_clients import LLMTransportError
+from tasks import schemas, validate
+from tasks.config import InputDataError, from_params
+from tasks.knowledge import generate
+from tasks.knowledge.config import LLMConfig
+from tasks.knowledge.openai_client import LLMTransportError
+from tasks.knowledge.store import RawStore
+from tests.conftest import params_with
 from tests.llm_server import ScriptedServer
 
 STATE = {"content": json.dumps({"state": "moving the whole body with clear and visible effort"})}
@@ -30,10 +36,57 @@ def rule(caption: str, *responses: dict) -> dict:
     return {"match": f"Caption: {caption}", "responses": list(responses)}
 
 
-def llm_config(base_urls: list[str], **overrides) -> knowledge.LLMConfig:
+def llm_config(base_urls: list[str], **overrides) -> LLMConfig:
     values = {"backend": "openai", "model": "scripted-model", "base_urls": base_urls, "concurrency": 8,
               "timeout_s": 5, "max_retries": 4, "retry_backoff_s": 0.05, "max_attempts": 3}
-    return knowledge.LLMConfig.from_params({"llm": values | overrides})
+    return from_params(LLMConfig, params_with(llm=values | overrides))
+
+
+def llm_error(llm: dict) -> str:
+    """The message of the one-line error for an `llm` section (params.yaml's, with `llm` replacing it)."""
+    params = params_with()
+    params["llm"] = llm
+    with pytest.raises(InputDataError) as failure:
+        from_params(LLMConfig, params)
+    assert "\n" not in str(failure.value)
+    return str(failure.value)
+
+
+def test_params_yaml_llm_section_is_complete_and_valid():
+    config = from_params(LLMConfig, params_with())
+    assert config.base_urls == ("http://127.0.0.1:8000/v1",) and config.server.command is None
+    assert isinstance(config.timeout_s, float) and isinstance(config.server.startup_timeout_s, float)
+
+
+def test_missing_unknown_and_mistyped_llm_keys_are_one_line_errors_naming_the_key():
+    llm = params_with()["llm"]
+    without_seed = {key: value for key, value in llm.items() if key != "seed"}
+    assert re.fullmatch(r"params\.yaml: llm: missing keys \['seed'\] \(params\.yaml lists every setting\)",
+                        llm_error(without_seed))
+    assert re.match(r"params\.yaml: llm: unknown keys \['max_attemps'\]; allowed: \['api_key_env', ",
+                    llm_error(llm | {"max_attemps": 2}))
+    assert llm_error(llm | {"concurrency": "64"}) == "params.yaml: llm.concurrency: must be an integer, got '64' (str)"
+    assert llm_error(llm | {"base_urls": "http://127.0.0.1:8000/v1"}) == \
+        "params.yaml: llm.base_urls: must be a list, got 'http://127.0.0.1:8000/v1' (str)"
+    assert llm_error(llm | {"server": {"command": None}}) == \
+        "params.yaml: llm.server: missing keys ['startup_timeout_s'] (params.yaml lists every setting)"
+    assert llm_error(llm | {"server": llm["server"] | {"startup_timeout_s": "soon"}}) == \
+        "params.yaml: llm.server.startup_timeout_s: must be a number, got 'soon' (str)"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"backend": "vllm"}, "params.yaml: llm.backend: 'vllm' is not one of transformers, openai"),
+    ({"backend": "openai", "base_urls": []},
+     "params.yaml: llm.base_urls: at least one server URL is needed for backend openai"),
+    *[({key: 0}, f"params.yaml: llm.{key}: must be >= 1, got 0")
+      for key in ("concurrency", "max_attempts", "max_triplets", "batch_size", "max_new_tokens", "limit")],
+])
+def test_llm_rules(change, message):
+    assert llm_error(params_with(llm=change)["llm"]) == message
+
+
+def test_transformers_backend_needs_no_server_url():
+    assert from_params(LLMConfig, params_with(llm={"backend": "transformers", "base_urls": []})).base_urls == ()
 
 
 def captions_frame(captions: list[str]) -> pd.DataFrame:
@@ -43,10 +96,10 @@ def captions_frame(captions: list[str]) -> pd.DataFrame:
                          "split": "test"})
 
 
-def generate_and_validate(tmp_path: Path, config: knowledge.LLMConfig, captions: list[str]):
+def generate_and_validate(tmp_path: Path, config: LLMConfig, captions: list[str]):
     """Both stages, as DVC runs them: knowledge, then validate over the raw cache."""
     schemas.write(captions_frame(captions), schemas.CAPTIONS, tmp_path / "captions.parquet")
-    run_report = knowledge.run(config, captions, raw_dir=tmp_path / "raw", report_path=tmp_path / "run.json")
+    run_report = generate.run(config, captions, raw_dir=tmp_path / "raw", report_path=tmp_path / "run.json")
     summary = validate.run(config, captions_path=tmp_path / "captions.parquet", raw_dir=tmp_path / "raw",
                            truth_path=tmp_path / "none.parquet", run_report_path=tmp_path / "run.json",
                            knowledge_path=tmp_path / "knowledge.parquet", rejects_path=tmp_path / "rejects.parquet",
@@ -141,12 +194,12 @@ def test_exhausted_retries_fail_the_stage_and_a_rerun_asks_only_for_the_missing(
     with ScriptedServer(script, tmp_path) as server:
         config = llm_config([server.base_url], max_retries=2)
         with pytest.raises(LLMTransportError, match=r"1 of 2 captions got no answer .* re-run to ask only"):
-            knowledge.run(config, captions, raw_dir=tmp_path / "raw", report_path=tmp_path / "run.json")
+            generate.run(config, captions, raw_dir=tmp_path / "raw", report_path=tmp_path / "run.json")
         assert json.loads((tmp_path / "run.json").read_text())["failed"] == 1
         server.script = {"answers": [STATE_RULE, rule(captions[1], answer(["dog", "chases", "cat"]))]}
         server.kill()
         server.start()
-        report = knowledge.run(config, captions, raw_dir=tmp_path / "raw", report_path=tmp_path / "run.json")
+        report = generate.run(config, captions, raw_dir=tmp_path / "raw", report_path=tmp_path / "run.json")
         assert server.stats()["by_key"] == {f"Caption: {captions[1]}": 1, "Triplet:": 1}
     assert report["cached_captions"] == 1 and report["asked_captions"] == 1
 
@@ -198,8 +251,8 @@ def test_managed_server_is_started_and_stopped(tmp_path):
     port = ScriptedServer({}, tmp_path).port
     command = f"{sys.executable} -m tests.llm_server --port {port} --script {script_file}"
     config = llm_config([f"http://127.0.0.1:{port}/v1"], server={"command": command, "startup_timeout_s": 30})
-    report = knowledge.run(config, ["a man rides a bike"], raw_dir=tmp_path / "raw", report_path=tmp_path / "r.json",
-                           server_log=tmp_path / "server.log")
+    report = generate.run(config, ["a man rides a bike"], raw_dir=tmp_path / "raw", report_path=tmp_path / "r.json",
+                          server_log=tmp_path / "server.log")
     assert report["asked_captions"] == 1
     with pytest.raises(OSError):  # stopped at the end of the stage
         import urllib.request
@@ -211,8 +264,8 @@ def test_a_fully_cached_rerun_needs_no_server(tmp_path):
     script = {"answers": [STATE_RULE], "default": answer(["man", "rides", "bike"])}
     with ScriptedServer(script, tmp_path) as server:
         config = llm_config([server.base_url])
-        knowledge.run(config, captions, raw_dir=tmp_path / "raw", report_path=tmp_path / "r.json")
-    report = knowledge.run(config, captions, raw_dir=tmp_path / "raw", report_path=tmp_path / "r.json")
+        generate.run(config, captions, raw_dir=tmp_path / "raw", report_path=tmp_path / "r.json")
+    report = generate.run(config, captions, raw_dir=tmp_path / "raw", report_path=tmp_path / "r.json")
     assert report["requests"] == 0 and report["cached_captions"] == 1
 
 
@@ -228,6 +281,7 @@ def test_limit_leaves_the_rest_empty_but_accounted_for(tmp_path):
     assert rejects.loc[rejects["caption_id"] == "c1", "reason"].str.startswith("no answer in the knowledge cache").all()
 
 
+@pytest.mark.slow
 def test_stage_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path, prefect_api_url):
     captions = [f"a man number {i} rides a bike" for i in range(30)]
     script = {"answers": [STATE_RULE], "default": answer(["man", "rides", "bike"])}
@@ -236,8 +290,8 @@ def test_stage_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
     schemas.write(captions_frame(captions), schemas.CAPTIONS, project / "data/interim/captions.parquet")
     env = os.environ | {"PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(Path(__file__).parent.parent)}
     with ScriptedServer(script, tmp_path, latency=0.15, max_concurrency=2) as server:
-        params = {"llm": {"backend": "openai", "model": "scripted-model", "base_urls": [server.base_url],
-                          "concurrency": 2, "max_attempts": 2, "retry_backoff_s": 0.05}}
+        params = params_with(llm={"backend": "openai", "model": "scripted-model", "base_urls": [server.base_url],
+                                  "concurrency": 2, "max_attempts": 2, "retry_backoff_s": 0.05})
         (project / "params.yaml").write_text(json.dumps(params))
         stage = subprocess.Popen([sys.executable, "-m", "flows.knowledge"], cwd=project, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -265,11 +319,11 @@ def test_stage_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
 
 def raw_keys_safe(raw_dir: Path) -> list[str]:
     """Keys of whole lines only (the store's own loader, which also cuts torn tails)."""
-    return list(knowledge.RawStore(raw_dir).load())
+    return list(RawStore(raw_dir).load())
 
 
 def test_demo_report_scores_triplets_against_the_generators_truth(tmp_path):
-    from tasks.demo_data import generate_demo
+    from tasks.ingest.demo import generate_demo
 
     captions, truth = generate_demo(tmp_path / "images", 8, 48, 0, {"train": 0.5, "val": 0.25, "test": 0.25})
     true_by_caption = dict(zip(captions["caption"], truth["triplets"]))
@@ -284,7 +338,7 @@ def test_demo_report_scores_triplets_against_the_generators_truth(tmp_path):
     with ScriptedServer(script, tmp_path / "server") as server:
         # Up to 5 true triplets per demo caption (an action, colour and size of both actors).
         config = llm_config([server.base_url], max_attempts=1, max_triplets=5)
-        knowledge.run(config, captions["caption"].tolist(), raw_dir=tmp_path / "raw", report_path=tmp_path / "run.json")
+        generate.run(config, captions["caption"].tolist(), raw_dir=tmp_path / "raw", report_path=tmp_path / "run.json")
     summary = validate.run(config, captions_path=tmp_path / "captions.parquet", raw_dir=tmp_path / "raw",
                            truth_path=tmp_path / "truth.parquet", run_report_path=tmp_path / "run.json",
                            knowledge_path=tmp_path / "k.parquet", rejects_path=tmp_path / "r.parquet",
@@ -300,8 +354,9 @@ def test_demo_report_scores_triplets_against_the_generators_truth(tmp_path):
 
 
 # One knowledge run in its own process, so it can be killed with SIGKILL: PARAMS_JSON CAPTIONS_FILE RAW_DIR.
-RUN_IN_PROCESS = ("import json, sys; from pathlib import Path; from tasks import knowledge; "
-                  "knowledge.run(knowledge.LLMConfig.from_params(json.loads(sys.argv[1])), "
+RUN_IN_PROCESS = ("import json, sys; from pathlib import Path; from tasks.config import from_params; "
+                  "from tasks.knowledge.config import LLMConfig; from tasks.knowledge.generate import run; "
+                  "run(from_params(LLMConfig, json.loads(sys.argv[1])), "
                   "json.loads(Path(sys.argv[2]).read_text()), raw_dir=Path(sys.argv[3]), "
                   "report_path=Path(sys.argv[3] + '.json'), progress=False)")
 NOT_JSON = {"content": "Sure! The man rides the bike."}
@@ -328,8 +383,8 @@ def test_a_run_killed_mid_chain_resumes_every_chain_at_its_next_attempt(tmp_path
     (tmp_path / "captions.json").write_text(json.dumps(captions))
     repo = Path(__file__).resolve().parent.parent
     with ScriptedServer(faulty_script(captions), tmp_path, latency=0.01, max_concurrency=16) as server:
-        params = {"llm": {"backend": "openai", "model": "scripted-model", "base_urls": [server.base_url],
-                          "concurrency": 16, "max_attempts": 3, "max_retries": 6, "retry_backoff_s": 0.01}}
+        params = params_with(llm={"backend": "openai", "model": "scripted-model", "base_urls": [server.base_url],
+                                  "concurrency": 16, "max_attempts": 3, "max_retries": 6, "retry_backoff_s": 0.01})
 
         def start(raw_dir: str) -> subprocess.Popen:
             return subprocess.Popen([sys.executable, "-c", RUN_IN_PROCESS, json.dumps(params),
@@ -344,7 +399,7 @@ def test_a_run_killed_mid_chain_resumes_every_chain_at_its_next_attempt(tmp_path
             time.sleep(0.02)
         interrupted.send_signal(signal.SIGKILL)
         interrupted.wait()
-        cut_short = [r for r in knowledge.RawStore(tmp_path / "killed").load().values() if r.get("unfinished")]
+        cut_short = [r for r in RawStore(tmp_path / "killed").load().values() if r.get("unfinished")]
         assert start("killed").wait(timeout=300) == 0
         resumed = server.stats()["requests"] - clean
 
@@ -352,7 +407,7 @@ def test_a_run_killed_mid_chain_resumes_every_chain_at_its_next_attempt(tmp_path
     assert resumed <= 1.10 * clean, (resumed, clean)
     knowledge_rows = {}
     for raw_dir in ("clean", "killed"):
-        config = knowledge.LLMConfig.from_params(params)
+        config = from_params(LLMConfig, params)
         schemas.write(captions_frame(captions), schemas.CAPTIONS, tmp_path / "captions.parquet")
         validate.run(config, captions_path=tmp_path / "captions.parquet", raw_dir=tmp_path / raw_dir,
                      truth_path=tmp_path / "none.parquet", run_report_path=tmp_path / f"{raw_dir}.json",

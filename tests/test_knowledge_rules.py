@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from tasks import knowledge_rules as rules
+from tasks.knowledge import rules
 from tests.conftest import TEST_DATA
 
 CAPTION = "Two young men are throwing a red frisbee in the park"

@@ -8,9 +8,17 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model import ActionAwareCLIP, Knowledge, build_model, contrastive_loss, triplet_loss
+from model import ActionAwareCLIP, Knowledge, PromptConfig, build_model, contrastive_loss, triplet_loss
+from tasks.config import InputDataError, from_params
+from tasks.train.model_files import prompt_model
+from tests.conftest import PARAMS, params_with
 
 EMBED = 32
+
+
+def prompt_settings(**changes) -> dict:
+    """params.yaml's prompt section, injecting half-way (null) unless told: the case with a prefix to cache."""
+    return {**PARAMS["prompt"], "injection_layer": None, **changes}
 
 
 def tiny_clip_config(**vision) -> dict:
@@ -21,7 +29,7 @@ def tiny_clip_config(**vision) -> dict:
 
 def tiny_model(seed: int = 0, clip_config: dict | None = None, **prompt) -> ActionAwareCLIP:
     torch.manual_seed(seed)
-    return build_model({"clip": {"model": clip_config or tiny_clip_config()}, "prompt": prompt})
+    return build_model({"clip": {"model": clip_config or tiny_clip_config()}, "prompt": prompt_settings(**prompt)})
 
 
 def random_knowledge(counts: list[int], max_triplets: int = 4, embed: int = EMBED, seed: int = 1) -> Knowledge:
@@ -67,10 +75,11 @@ def test_shapes_dtypes_and_conditioning(prompt):
     assert torch.allclose(features[0], other[0], atol=1e-5) is not knowledge_matters
 
 
+@pytest.mark.slow
 def test_real_vit_configs_build_and_run():
     for name, size in (("ViT-B-32", 224), ("ViT-L-14-336", 336)):
         torch.manual_seed(0)
-        model = build_model({"prompt": {}}, open_clip.CLIP(**open_clip.get_model_config(name)))
+        model = build_model({"prompt": prompt_settings()}, open_clip.CLIP(**open_clip.get_model_config(name)))
         embed = model.clip.visual.output_dim
         layers = model.clip.visual.transformer.layers
         assert (model.injection_layer, model.depth) == (layers // 2, layers)
@@ -161,13 +170,25 @@ def test_stage_two_needs_an_interaction_module():
         tiny_model().trainable_parameters(3)
 
 
-@pytest.mark.parametrize("prompt, message", [({"injection_layer": 4}, "injection_layer"),
-                                             ({"injection_layer": 2, "depth": 2}, "depth"),
-                                             ({"fusion": "sum"}, "fusion"), ({"mix_lambda": 1.5}, "mix_lambda"),
-                                             ({"adapter_dims": 8}, "unknown prompt settings")])
-def test_bad_prompt_settings_are_named(prompt, message):
-    with pytest.raises(ValueError, match=message):
-        tiny_model(**prompt)
+@pytest.mark.parametrize("prompt, message", [
+    ({"fusion": "sum"}, r"^params\.yaml: prompt\.fusion: 'sum' is not one of aim, concat$"),
+    ({"mix_lambda": 1.5}, r"^params\.yaml: prompt\.mix_lambda: must be <= 1\.0, got 1\.5$"),
+    ({"adapter_dims": 8}, r"^params\.yaml: prompt: unknown keys \['adapter_dims'\]"),
+    ({"use_states": "yes"}, r"^params\.yaml: prompt\.use_states: must be true or false, got 'yes' \(str\)$")])
+def test_bad_prompt_settings_are_named_where_params_are_read(prompt, message):
+    with pytest.raises(InputDataError, match=message):
+        from_params(PromptConfig, params_with(prompt=prompt))
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ({"injection_layer": 4}, r"^params\.yaml: prompt\.injection_layer must be in \[0, 4\) for this model, got 4$"),
+    ({"injection_layer": 2, "depth": 2}, r"^params\.yaml: prompt\.depth must be in \(2, 4\], got 2$")])
+def test_prompt_settings_that_do_not_fit_the_backbone_are_one_line(prompt, message):
+    clip = open_clip.CLIP(**tiny_clip_config())
+    with pytest.raises(ValueError, match="prompt"):
+        ActionAwareCLIP(clip, PromptConfig(**prompt_settings(**prompt)))
+    with pytest.raises(InputDataError, match=message):
+        prompt_model(clip, from_params(PromptConfig, params_with(prompt=prompt)))
 
 
 def test_missing_knowledge_parts_are_named():

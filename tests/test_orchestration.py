@@ -17,9 +17,11 @@ from prefect.deployments import run_deployment
 
 from flows.ingest import ingest
 from tasks import paths, schemas
-from tasks.demo_data import NOUNS
+from tasks.ingest.demo import NOUNS
 from tasks.pipeline import param_overrides
 from tests.llm_server import ScriptedServer
+
+pytestmark = pytest.mark.slow  # a Prefect server, DVC pipelines and served deployments: minutes
 
 SMALL_DEMO = {"n_images": 24, "image_size": 48}
 # Every demo caption mentions an actor; the scripted LLM answers about the first one it finds (" man", not "woman").
@@ -77,10 +79,10 @@ def test_ingest_flow_runs_on_a_prefect_server(prefect_api_url, tmp_path, monkeyp
         task_runs = client.read_task_runs()
     assert flow_run.state.is_completed()
     assert {run.name.rsplit("-", 1)[0] for run in task_runs if run.flow_run_id == flow_run.id} == \
-        {"relocate-images", "check-images", "write-captions"}
+        {"read-captions", "relocate-images", "check-images", "write-captions"}
     captions = schemas.read(tmp_path / paths.CAPTIONS, schemas.CAPTIONS)
     assert len(captions) == 5 * SMALL_DEMO["n_images"]
-    assert state.result() == {"input": 120, "kept": 120, "dropped": 0, "dropped_bad_caption": 0,
+    assert state.result()["captions"] == {"input": 120, "kept": 120, "dropped": 0, "dropped_bad_caption": 0,
                               "dropped_bad_image": 0, "dropped_over_limit": 0}
 
 
@@ -163,7 +165,7 @@ def test_training_stages_rerun_for_every_setting_that_changes_the_model():
     """A train.* key missing from a stage's params would let `dvc exp run -S` reuse a model trained without it."""
     from dvc.utils.serialize import load_yaml
 
-    from tasks.train import TrainConfig
+    from tasks.train.config import TrainConfig
 
     pipeline = load_yaml(Path(__file__).parent.parent / "dvc.yaml")
     # Where and how fast it runs, never what it learns.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.rerank import reorder
+from tasks.rerank.scores import reorder
 from tasks.retrieval import recalls, top_k
 
 
@@ -24,11 +24,11 @@ def brute_force(zero_shot: np.ndarray, rerank_scores: np.ndarray, image_of: np.n
     for rescored in (False, True):
         hits = {}
         for K in ks:
-            i2t = [any(image_of[c] == i for c in ranked(lambda c: zero_shot[i, c], n_captions,
-                                                       (lambda c: rerank_scores[i, c]) if rescored else None)[:K])
+            i2t = [any(image_of[c] == i for c in ranked(lambda c, i=i: zero_shot[i, c], n_captions,
+                                                       (lambda c, i=i: rerank_scores[i, c]) if rescored else None)[:K])
                    for i in range(n_images)]
-            t2i = [image_of[c] in ranked(lambda i: zero_shot[i, c], n_images,
-                                         (lambda i: rerank_scores[i, c]) if rescored else None)[:K]
+            t2i = [image_of[c] in ranked(lambda i, c=c: zero_shot[i, c], n_images,
+                                         (lambda i, c=c: rerank_scores[i, c]) if rescored else None)[:K]
                    for c in range(n_captions)]
             hits[f"i2t_r{K}"], hits[f"t2i_r{K}"] = 100 * np.mean(i2t), 100 * np.mean(t2i)
         results.append(hits)

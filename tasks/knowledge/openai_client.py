@@ -1,7 +1,7 @@
 """Chat backends for knowledge generation: any OpenAI-compatible server (vLLM first), and its managed launch.
 
 A backend turns OpenAI-style messages into a `Completion`. Transport problems (HTTP 429/5xx, timeouts,
-dropped connections) are retried with backoff here; what the model *said* is judged by knowledge_rules.
+dropped connections) are retried with backoff here; what the model *said* is judged by rules.py.
 """
 from __future__ import annotations
 

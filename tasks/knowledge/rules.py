@@ -150,8 +150,8 @@ def check_triplets(text: str, caption: str, max_triplets: int) -> Verdict:
             verdict.rejects.append((f"wrong arity ({arity} fields, expected 3)", raw_item))
             continue
         problems = [_slot_problem(slot, grounding if role != "action" else None)
-                    for role, slot in zip(("subject", "action", "object"), slots)]
-        named = [f"{role}: {p}" for role, p in zip(("subject", "action", "object"), problems) if p]
+                    for role, slot in zip(("subject", "action", "object"), slots, strict=True)]
+        named = [f"{role}: {p}" for role, p in zip(("subject", "action", "object"), problems, strict=True) if p]
         if named:
             verdict.rejects.append(("; ".join(named), raw_item))
             continue

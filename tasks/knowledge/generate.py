@@ -9,8 +9,6 @@ The raw answers are judged again by the validate stage, with the same rules used
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -18,178 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm import tqdm
 
-from tasks import knowledge_rules as rules
 from tasks import paths
-from tasks.config import InputDataError, section, subsection, write_json
-from tasks.llm_clients import ChatBackend, LLMTransportError, OpenAIBackend, health_url, managed_server
-
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-BACKENDS = ("transformers", "openai")
-SHARDS = 16
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    command: str | None = None  # e.g. .venv-vllm/bin/vllm serve lmsys/vicuna-7b-v1.5 ... (see README)
-    startup_timeout_s: float = 1800.0
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    backend: str = "transformers"
-    model: str = "embedded:SmolLM2-135M-Instruct"
-    base_urls: tuple[str, ...] = ("http://127.0.0.1:8000/v1",)
-    api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself never enters params or logs
-    concurrency: int = 64
-    timeout_s: float = 120.0
-    max_retries: int = 5
-    retry_backoff_s: float = 0.5  # first wait before a transport retry; doubles each time (with jitter)
-    max_attempts: int = 3
-    max_triplets: int = 4
-    max_new_tokens: int = 96
-    temperature: float = 0.0
-    structured_outputs: bool = True
-    prompt_version: str = "v1"
-    examples: str = "demo"
-    batch_size: int = 32
-    limit: int | None = None  # ask for the first N distinct captions only (the rest stay `empty`)
-    seed: int = 0
-    server: ServerConfig = field(default_factory=ServerConfig)
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> LLMConfig:
-        values = dict(section(params, "llm", set(cls.__dataclass_fields__)))
-        server = subsection(values, "llm.server", set(ServerConfig.__dataclass_fields__))
-        if isinstance(values.get("base_urls"), str):
-            values["base_urls"] = [values["base_urls"]]
-        values["base_urls"] = tuple(values.get("base_urls") or ())
-        config = cls(**values, server=ServerConfig(**server))
-        if config.backend not in BACKENDS:
-            raise InputDataError(f"params.yaml: llm.backend: '{config.backend}' is not one of {', '.join(BACKENDS)}")
-        if config.backend == "openai" and not config.base_urls:
-            raise InputDataError("params.yaml: llm.base_urls: at least one server URL is needed for backend openai")
-        for key in ("concurrency", "max_attempts", "max_triplets", "batch_size", "max_new_tokens"):
-            if getattr(config, key) < 1:
-                raise InputDataError(f"params.yaml: llm.{key}: must be >= 1")
-        return config
-
-
-@dataclass(frozen=True)
-class Prompts:
-    """A versioned prompt file plus a data set's in-context examples; `version_id` names both and their content."""
-
-    text: dict[str, str]
-    examples: dict[str, Any]
-    version_id: str
-    max_triplets: int
-
-    @classmethod
-    def load(cls, config: LLMConfig, prompts_dir: Path = PROMPTS_DIR) -> Prompts:
-        prompt_file = prompts_dir / f"{config.prompt_version}.yaml"
-        examples_file = prompts_dir / "examples" / f"{config.examples}.yaml"
-        for file, key in ((prompt_file, "prompt_version"), (examples_file, "examples")):
-            if not file.is_file():
-                raise InputDataError(f"params.yaml: llm.{key}: {file} not found")
-        raw = prompt_file.read_bytes() + examples_file.read_bytes()
-        digest = hashlib.sha256(raw).hexdigest()[:8]
-        return cls(yaml.safe_load(prompt_file.read_text()), yaml.safe_load(examples_file.read_text()),
-                   f"{config.prompt_version}+{config.examples}-{digest}", config.max_triplets)
-
-    def triplet_messages(self, caption: str) -> list[dict[str, str]]:
-        messages = [{"role": "system", "content": self.text["triplets_system"].format(max_triplets=self.max_triplets)}]
-        for example in self.examples["triplets"]:
-            messages += [{"role": "user", "content": self.text["triplets_user"].format(caption=example["caption"])},
-                         {"role": "assistant", "content": json.dumps({"triplets": example["triplets"]})}]
-        return messages + [{"role": "user", "content": self.text["triplets_user"].format(caption=caption)}]
-
-    def state_messages(self, triplet: rules.Triplet) -> list[dict[str, str]]:
-        def ask(t: list[str] | tuple[str, ...]) -> dict[str, str]:
-            return {"role": "user", "content": self.text["states_user"].format(subject=t[0], action=t[1], object=t[2])}
-
-        messages = [{"role": "system", "content": self.text["states_system"]}]
-        for example in self.examples["states"]:
-            messages += [ask(example["triplet"]), {"role": "assistant", "content": json.dumps({"state": example["state"]})}]
-        return messages + [ask(triplet)]
-
-    def correction(self, reason: str, question: dict[str, str]) -> dict[str, str]:
-        """The re-ask after an invalid answer; it repeats the question, which small models otherwise lose."""
-        return {"role": "user", "content": self.text["correction"].format(reason=reason, question=question["content"])}
-
-
-def same_text(caption: str) -> str:
-    """Captions equal up to case and spacing are one text: asked once, judged once."""
-    return " ".join(caption.lower().split())
-
-
-def caption_key(model: str, prompts: Prompts, caption: str) -> str:
-    return _key("triplets", model, prompts.version_id, same_text(caption))
-
-
-def triplet_key(model: str, prompts: Prompts, triplet: rules.Triplet) -> str:
-    return _key("state", model, prompts.version_id, *triplet)
-
-
-def _key(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
-
-
-class RawStore:
-    """Append-only JSONL shards; safe to kill at any moment.
-
-    A key's record lists every answer so far. While its re-ask chain goes on it carries `"unfinished": true`
-    and is appended again after each attempt; the finished record (no such field) supersedes it.
-    """
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self._shards: dict[int, Any] = {}  # open append handles, one per shard
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        records: dict[str, dict[str, Any]] = {}
-        for shard in sorted(self.directory.glob("shard-*.jsonl")):
-            self._drop_torn_tail(shard)
-            with open(shard, encoding="utf-8") as lines:
-                for line in lines:
-                    record = json.loads(line)
-                    known = records.get(record["key"])
-                    if known is None or _progress(record) > _progress(known):
-                        records[record["key"]] = record
-        return records
-
-    @staticmethod
-    def _drop_torn_tail(shard: Path) -> None:
-        """A kill mid-write leaves a partial last line: cut it, so the next append starts on a fresh line."""
-        data = shard.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(shard, "r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
-
-    def append(self, record: dict[str, Any]) -> None:
-        shard = int(record["key"][:4], 16) % SHARDS
-        if shard not in self._shards:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._shards[shard] = open(self.directory / f"shard-{shard:02d}.jsonl", "a", encoding="utf-8")
-        handle = self._shards[shard]
-        # One whole line, flushed to the OS at once: a kill leaves at most a torn last line (_drop_torn_tail).
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-
-    def close(self) -> None:
-        for handle in self._shards.values():
-            handle.close()
-        self._shards.clear()
-
-
-def _progress(record: dict[str, Any]) -> tuple[bool, int]:
-    """Finished beats unfinished; more answers beat fewer (a finished record is never asked again)."""
-    return not record.get("unfinished", False), len(record["outputs"])
-
-
-def finished(record: dict[str, Any] | None) -> bool:
-    return record is not None and not record.get("unfinished", False)
+from tasks.config import write_json
+from tasks.knowledge import rules
+from tasks.knowledge.config import LLMConfig
+from tasks.knowledge.openai_client import ChatBackend, LLMTransportError, OpenAIBackend, health_url, managed_server
+from tasks.knowledge.prompts import Prompts, caption_key, same_text, triplet_key
+from tasks.knowledge.store import RawStore, finished
 
 
 @dataclass
@@ -318,7 +153,7 @@ def make_backend(config: LLMConfig) -> ChatBackend:
                              max_retries=config.max_retries, max_tokens=config.max_new_tokens,
                              temperature=config.temperature, structured_outputs=config.structured_outputs,
                              backoff_s=config.retry_backoff_s)
-    from tasks.transformers_backend import TransformersBackend  # torch + transformers: only when used
+    from tasks.knowledge.embedded import TransformersBackend  # torch + transformers: only when used
 
     return TransformersBackend(config.model, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
                                temperature=config.temperature, seed=config.seed)

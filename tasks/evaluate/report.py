@@ -1,17 +1,10 @@
-"""Stage `evaluate`: zero-shot top-k preselection vs action-aware re-ranking on one split, side by side.
-
-Writes metrics/eval.json ({"zero_shot": {...}, "reranked": {...}} with R@1/5/10 both directions and Rsum,
-SPEC section 6; and how much the knowledge moves the score), plots/ for `dvc plots show`, and
-reports/retrieval.html: sample queries with thumbnails, captions, the knowledge used and how re-ranking moved
-the right answer, self-contained (no network).
-"""
+"""reports/retrieval.html: sample queries of both directions with thumbnails, captions, the knowledge used and how
+re-ranking moved the right answer; one self-contained file (images embedded, readable offline)."""
 from __future__ import annotations
 
 import base64
 import html
 import io
-import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,36 +12,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tasks import paths, schemas
-from tasks.backbone import resolve_device
-from tasks.config import InputDataError, section, write_json
-from tasks.features import FeatureSplit
-from tasks.prefixes import PrefixSource
-from tasks.rerank import Reranked, knowledge_effect, rerank
-from tasks.retrieval import recalls
-from tasks.train import load_model
+from tasks.rerank.features import FeatureSplit
+from tasks.rerank.scores import Reranked
 
 SHOWN = 5  # candidates shown per query in the report
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    split: str = "test"
-    model: str = "models/stage2"
-    device: str = "auto"
-    batch_size: int = 256          # (image, caption) pairs per forward pass
-    prefix_cache: bool = True
-    report_queries: int = 12       # per direction in reports/retrieval.html
-    thumbnail_size: int = 96
-    seed: int = 0
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "EvaluateConfig":
-        values = section(params, "evaluate", {f.name for f in fields(cls)})
-        config = cls(**values)
-        if config.split not in schemas.SPLITS:
-            raise InputDataError(f"params.yaml: evaluate.split must be one of {schemas.SPLITS}, got {config.split!r}")
-        return config
 
 
 def correct_ranks(split: FeatureSplit, i2t: np.ndarray, t2i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,49 +26,6 @@ def correct_ranks(split: FeatureSplit, i2t: np.ndarray, t2i: np.ndarray) -> tupl
     return (first_hit(image_row[i2t] == np.arange(len(i2t))[:, None]),
             first_hit(np.asarray(t2i) == image_row[:, None]))
 
-
-def run(params: dict[str, Any], features_dir: Path = paths.FEATURES, knowledge_path: Path = paths.KNOWLEDGE,
-        cache_dir: Path = paths.PREFIX_CACHE, progress: bool = True) -> dict[str, Any]:
-    config = EvaluateConfig.from_params(params)
-    device = resolve_device(config.device, "evaluate.device")
-    started = time.perf_counter()
-    model, preprocess, model_config = load_model(Path(config.model), device=device)
-    split = FeatureSplit.load(config.split, features_dir)
-    source = PrefixSource(model, preprocess, split.images["image_path"].tolist(), device,
-                          cache_dir if config.prefix_cache else None, model_config["backbone_sha256"])
-    prefix_seconds = time.perf_counter() - started
-    reranked = rerank(model, source, split, config.batch_size, device, progress)
-    seconds = time.perf_counter() - started
-    sensitivity = knowledge_effect(model, source, split, config.batch_size, device, config.seed)
-    zero_shot = recalls(np.asarray(split.topk_i2t), np.asarray(split.topk_t2i), split.image_row)
-    after = recalls(reranked.i2t, reranked.t2i, split.image_row)
-    result = {"split": config.split, "images": len(split.images), "captions": len(split.captions),
-              "top_k": int(split.topk_i2t.shape[1]), "model": config.model, "zero_shot": zero_shot, "reranked": after,
-              "gain": {name: round(after[name] - zero_shot[name], 2) for name in after
-                       if after[name] is not None and zero_shot[name] is not None},
-              "knowledge_effect": sensitivity, "pairs_scored": reranked.pairs, "seconds": round(seconds, 2),
-              "prefix_seconds": round(prefix_seconds, 2), "device": str(device)}
-    write_json(paths.EVAL_METRICS, result)
-    _write_plots(split, reranked, zero_shot, after)
-    knowledge = schemas.read(knowledge_path, schemas.KNOWLEDGE).set_index("caption_id")
-    write_report(paths.RETRIEVAL_REPORT, split, reranked, knowledge, result, config)
-    return result
-
-
-def _write_plots(split: FeatureSplit, reranked: Reranked, zero_shot: dict, after: dict) -> None:
-    paths.RECALL_PLOT.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"metric": name, "method": method, "recall": values[name]}
-            for method, values in (("zero_shot", zero_shot), ("reranked", after))
-            for name in values if name != "rsum" and values[name] is not None]
-    pd.DataFrame(rows).to_csv(paths.RECALL_PLOT, index=False)
-    zero_i2t, zero_t2i = correct_ranks(split, np.asarray(split.topk_i2t), np.asarray(split.topk_t2i))
-    new_i2t, new_t2i = correct_ranks(split, reranked.i2t, reranked.t2i)
-    shifts = pd.concat([pd.DataFrame({"direction": "i2t", "zero_shot_rank": zero_i2t, "reranked_rank": new_i2t}),
-                        pd.DataFrame({"direction": "t2i", "zero_shot_rank": zero_t2i, "reranked_rank": new_t2i})])
-    shifts[(shifts.zero_shot_rank > 0)].to_csv(paths.RANK_PLOT, index=False)
-
-
-# ---------------------------------------------------------------- the HTML report
 
 def _thumbnail(path: str, size: int) -> str:
     with Image.open(path) as image:
@@ -139,8 +63,8 @@ def _rank_text(before: int, after: int, k: int) -> str:
 
 
 def write_report(path: Path, split: FeatureSplit, reranked: Reranked, knowledge: pd.DataFrame,
-                 result: dict[str, Any], config: EvaluateConfig) -> None:
-    rng = np.random.default_rng(config.seed)
+                 result: dict[str, Any], queries: int, thumbnail_size: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
     k = result["top_k"]
     image_paths = split.images["image_path"].tolist()
     captions = split.captions
@@ -148,7 +72,7 @@ def write_report(path: Path, split: FeatureSplit, reranked: Reranked, knowledge:
 
     def thumb(image: int, correct: bool) -> str:
         if image not in thumbs:
-            thumbs[image] = _thumbnail(image_paths[image], config.thumbnail_size)
+            thumbs[image] = _thumbnail(image_paths[image], thumbnail_size)
         return f'<img class="{"hit" if correct else ""}" src="{thumbs[image]}" alt="{html.escape(split.images.image_id[image])}">'
 
     def caption_item(row: int, correct: bool) -> str:
@@ -157,7 +81,7 @@ def write_report(path: Path, split: FeatureSplit, reranked: Reranked, knowledge:
     zero_i2t, zero_t2i = correct_ranks(split, np.asarray(split.topk_i2t), np.asarray(split.topk_t2i))
     new_i2t, new_t2i = correct_ranks(split, reranked.i2t, reranked.t2i)
     sections = []
-    for query in _sample(zero_t2i, new_t2i, config.report_queries, rng):
+    for query in _sample(zero_t2i, new_t2i, queries, rng):
         truth = split.image_row[query]
         known = knowledge.loc[captions.caption_id[query]] if captions.caption_id[query] in knowledge.index else None
         before = "".join(thumb(i, i == truth) for i in split.topk_t2i[query][:SHOWN])
@@ -166,7 +90,7 @@ def write_report(path: Path, split: FeatureSplit, reranked: Reranked, knowledge:
                         f'{_knowledge_html(known)}{_rank_text(zero_t2i[query], new_t2i[query], k)}'
                         f'<div class="row"><b>zero-shot</b>{before}</div><div class="row"><b>re-ranked</b>{after}</div>'
                         '</section>')
-    for query in _sample(zero_i2t, new_i2t, config.report_queries, rng):
+    for query in _sample(zero_i2t, new_i2t, queries, rng):
         hits = set(np.flatnonzero(split.image_row == query))
         before = "".join(caption_item(c, c in hits) for c in split.topk_i2t[query][:SHOWN])
         after = "".join(caption_item(c, c in hits) for c in reranked.i2t[query][:SHOWN])

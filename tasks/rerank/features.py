@@ -30,7 +30,7 @@ class FeatureSplit:
     topk_t2i: np.ndarray      # (C, k) int32 image rows, zero-shot order
 
     @classmethod
-    def load(cls, split: str, root: Path = paths.FEATURES) -> "FeatureSplit":
+    def load(cls, split: str, root: Path = paths.FEATURES) -> FeatureSplit:
         folder = root / split
         if not folder.is_dir():
             raise InputDataError(f"{folder}: no features for split '{split}'; run `dvc repro featurize`")

@@ -10,7 +10,6 @@ from typing import Any
 from tasks import paths
 
 
-
 def _git_revision(project_dir: Path) -> str | None:
     found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True)
     return found.stdout.strip() or None

@@ -1,0 +1,67 @@
+"""The `train` section of params.yaml, and where each training stage writes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tasks.config import ParamError, checked
+
+MODES = ("two_stage", "one_stage", "combined")
+NEGATIVES = ("paired", "batch_cross", "cross")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    epochs: int = checked(least=0)
+    lr: float = checked(above=0)
+    weight_decay: float = checked(least=0)
+    warmup_steps: int = checked(least=0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    SECTION: ClassVar[str] = "train"
+
+    stage1: StageConfig
+    stage2: StageConfig
+    mode: str = checked(choices=MODES)
+    negatives: str = checked(choices=NEGATIVES)
+    cross_negatives: int = checked(least=1)       # per direction and anchor
+    negative_pool: int | None = checked(least=1)  # the anchor's N best-ranked wrong candidates (None: all)
+    batch_neighbours: int = checked(least=0)      # near-miss images each seed caption brings into its batch
+    margin: float = checked(least=0)              # α of the triplet loss
+    batch_size: int = checked(least=2)            # anchors per step and process
+    seed: int
+    device: str
+    amp: bool                                     # autocast on GPUs (bf16 where supported, else fp16)
+    processes: int = checked(least=1)             # > 1: torchrun DistributedDataParallel
+    checkpoint_every: int = checked(least=0)      # steps; and at every epoch end
+    keep_checkpoints: int = checked(least=1)
+    validate_every: int = checked(least=0)        # epochs between re-ranked recalls on the val split (0: never)
+    select_best: bool                             # keep the validated weights with the best val Rsum
+    prefix_cache: bool                            # cache the image prefixes on disk (data/cache/prefixes)
+    score_batch_size: int = checked(least=1)      # pairs per forward pass when re-ranking
+    workers: int = checked(least=0)               # image decoding workers when filling the prefix cache
+
+    def resolve(self, params: Any) -> TrainConfig:
+        if self.negative_pool is not None and self.negative_pool < self.cross_negatives:
+            raise ParamError("negative_pool", f"must be null or >= train.cross_negatives ({self.cross_negatives})")
+        if self.batch_neighbours >= self.batch_size:
+            raise ParamError("batch_neighbours", f"must be < train.batch_size ({self.batch_size}): a batch holds "
+                                                 "batch_size // (batch_neighbours + 1) seed captions")
+        return self
+
+    def stage(self, stage: int) -> StageConfig:
+        return self.stage1 if stage == 1 else self.stage2
+
+
+def stage_paths(stage: int) -> dict[str, Path]:
+    return {"out": Path(f"models/stage{stage}"), "checkpoints": Path(f"checkpoints/stage{stage}"),
+            "metrics": Path(f"metrics/train_stage{stage}.json"), "live": Path(f"dvclive/train_stage{stage}")}
+
+
+def losses(stage: int, mode: str) -> tuple[str, ...]:
+    if stage == 2:
+        return ("triplet",)
+    return ("contrastive", "triplet") if mode == "combined" else ("contrastive",)
