@@ -215,8 +215,6 @@ def run(config: ClipConfig, captions_path: Path = paths.CAPTIONS, out_dir: Path 
     model_cfg = backbone.model_config(config.model)
     report: dict[str, Any] = {"model": config.model, "pretrained": config.pretrained, "device": str(device)}
     if config.pretrained == SCRATCH:
-        if not captions_path.is_file():
-            raise InputDataError(f"{captions_path}: not found; run `dvc repro ingest`")
         captions = schemas.read(captions_path, schemas.CAPTIONS)
         report["source"] = {"kind": SCRATCH, **asdict(config.scratch)}
         if config.scratch.corpus == "demo":

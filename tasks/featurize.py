@@ -259,9 +259,6 @@ def run(config: FeaturizeConfig, backbone_dir: Path = paths.BASE_CLIP, captions_
         report_path: Path = paths.FEATURIZE_REPORT) -> dict[str, Any]:
     """The whole stage without Prefect."""
     started = time.perf_counter()
-    for path, stage in ((captions_path, "ingest"), (knowledge_path, "validate")):
-        if not path.is_file():
-            raise InputDataError(f"{path}: not found; run `dvc repro {stage}`")
     captions = schemas.read(captions_path, schemas.CAPTIONS)
     knowledge = align_knowledge(captions, schemas.read(knowledge_path, schemas.KNOWLEDGE), captions_path,
                                 knowledge_path)

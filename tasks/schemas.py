@@ -1,7 +1,7 @@
 """The Parquet contracts of the pipeline: every stage reads and writes through this module.
 
-One pyarrow schema per artifact (SPEC section 4). Writers cast to the schema, readers check it,
-so a column renamed or retyped in one stage fails loudly at the boundary instead of downstream.
+One pyarrow schema per artifact (docs/data.md, docs/knowledge.md, docs/features.md). Writers cast to the schema,
+readers check it, so a column renamed or retyped in one stage fails loudly at the boundary instead of downstream.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tasks.config import InputDataError
 
 SPLITS = ("train", "val", "test")
 
@@ -76,6 +78,10 @@ FEATURE_CAPTIONS = pa.schema(
     metadata={"artifact": "feature_captions"},
 )
 
+# The stage that writes each artifact, named when a reader finds it missing.
+MADE_BY = {"captions": "ingest", "true_triplets": "ingest", "knowledge": "validate", "rejects": "validate",
+           "feature_images": "featurize", "feature_captions": "featurize"}
+
 
 class SchemaError(ValueError):
     """A Parquet file or frame does not match its contract."""
@@ -98,6 +104,9 @@ def write(frame: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
 
 def read(path: Path, schema: pa.Schema) -> pd.DataFrame:
     """Read a Parquet artifact and check it was written with `schema`."""
+    artifact = schema.metadata[b"artifact"].decode()
+    if not Path(path).is_file():
+        raise InputDataError(f"{path}: not found; run `dvc repro {MADE_BY[artifact]}`")
     table = pq.read_table(path)
     if not table.schema.remove_metadata().equals(schema.remove_metadata()):
         raise SchemaError(f"{path}: schema differs from the {schema.metadata[b'artifact'].decode()} contract:\n"

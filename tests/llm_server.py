@@ -9,7 +9,7 @@ Endpoints: GET /health, GET /v1/models, GET /stats, POST /v1/chat/completions.
 Script format (JSON, loaded at start):
 
     {"answers": [{"match": "<substring>", "responses": [R1, R2, ...], "by_attempt": false}, ...], "default": R,
-     "faults": [{"every": N, "response": R}, ...]}
+     "faults": [{"every": N, "response": R}, {"first": N, "response": R}, ...]}
 
 A request uses the FIRST rule whose "match" occurs in the content of its LAST user message. The k-th request
 (0-based) matching a rule gets responses[min(k, len - 1)]; counters live in memory, so a restarted server starts
@@ -17,7 +17,8 @@ from zero. A rule with "by_attempt" instead answers by the request's own content
 messages containing "match" (the question, then each re-ask that repeats it), so a client that resumes a re-ask
 chain after a crash gets what it would have got. Without a match the "default" response applies (none: 404 with
 an OpenAI-style error body). "faults" inject transport failures by arrival: the n-th chat request (1-based) gets
-the first fault whose "every" divides n, before any rule is consulted (a faulted request counts for no rule).
+the first fault whose "every" divides n or whose "first" is >= n (the first N requests), before any rule is
+consulted (a faulted request counts for no rule).
 A response R is an object with one of
     {"content": "text"}                    200, that assistant text
     {"status": 500} / {"status": 429, "retry_after": 1}
@@ -82,7 +83,9 @@ class ScriptedLLM:
         """The rule key and the response for this attempt (counted at arrival, so in request order)."""
         self.requests += 1
         for fault in self.faults:
-            if self.requests % fault["every"] == 0:
+            if "first" in fault and self.requests <= fault["first"]:
+                return f"<fault first {fault['first']}>", fault["response"]
+            if "every" in fault and self.requests % fault["every"] == 0:
                 return f"<fault every {fault['every']}>", fault["response"]
         prompt = users[-1] if users else ""
         for rule in self.rules:

@@ -317,6 +317,41 @@ def test_stage_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
     assert asked_again == 31 - len(kept)  # only what was missing
 
 
+@pytest.mark.slow
+def test_the_flow_retries_server_failures_and_never_bad_input(tmp_path, prefect_api_url, monkeypatch):
+    from prefect import get_client
+
+    import flows.knowledge as knowledge_flow
+
+    monkeypatch.setattr(knowledge_flow, "ask_llm", knowledge_flow.ask_llm.with_options(retry_delay_seconds=0))
+    monkeypatch.chdir(tmp_path)
+    schemas.write(captions_frame(["a man rides a bike"]), schemas.CAPTIONS, tmp_path / "data/interim/captions.parquet")
+    # The first request fails and the client gives up at once (max_retries 0): only Prefect's retry can finish it.
+    script = {"answers": [STATE_RULE], "default": answer(["man", "rides", "bike"]),
+              "faults": [{"first": 1, "response": {"status": 503}}]}
+
+    def ask_llm_runs(state) -> list[int]:
+        with get_client(sync_client=True) as client:
+            return [run.run_count for run in client.read_task_runs()
+                    if run.flow_run_id == state.state_details.flow_run_id]
+
+    with ScriptedServer(script, tmp_path) as server:
+        params = params_with(llm={"backend": "openai", "model": "scripted-model", "base_urls": [server.base_url],
+                                  "max_retries": 0})
+        (tmp_path / "params.yaml").write_text(json.dumps(params))
+        state = knowledge_flow.knowledge(params_file="params.yaml", return_state=True)
+        assert state.is_completed(), state.message
+        assert ask_llm_runs(state) == [2]
+        assert server.stats()["requests"] == 3  # the failed question, then the question and its one triplet's state
+    assert len(raw_keys(tmp_path / "data/interim/knowledge_raw")) == 2
+
+    (tmp_path / "data/interim/captions.parquet").unlink()
+    state = knowledge_flow.knowledge(params_file="params.yaml", return_state=True)
+    assert state.is_failed()
+    assert state.message == "data/interim/captions.parquet: not found; run `dvc repro ingest`"
+    assert ask_llm_runs(state) == [1]
+
+
 def raw_keys_safe(raw_dir: Path) -> list[str]:
     """Keys of whole lines only (the store's own loader, which also cuts torn tails)."""
     return list(RawStore(raw_dir).load())
