@@ -37,7 +37,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # Table 5: training
     "one_stage": ("stage 1 only (contrastive loss, AIM trained with everything else)", {"train.mode": "one_stage"}),
     "combined": ("both losses together in one stage", {"train.mode": "combined"}),
-    # Negatives (SPEC section 6)
+    # Negatives (docs/training.md)
     "paired_negatives": ("in-batch negatives under the positive's own knowledge", {"train.negatives": "paired"}),
     "cross_negatives": ("negatives scored under their own knowledge, from the zero-shot top-k",
                         {"train.negatives": "cross"}),

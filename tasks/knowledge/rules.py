@@ -1,4 +1,4 @@
-"""The format check of LLM answers (SPEC 4), shared by the knowledge stage (to decide on a re-ask) and the
+"""The format check of LLM answers (docs/knowledge.md), shared by the knowledge stage (to decide on a re-ask) and the
 validate stage (to build knowledge.parquet and rejects.parquet): one set of rules, applied the same way.
 
 A Q1 answer yields triplets `(subject, action, object)`; a Q2 answer yields one state description. Every
