@@ -169,7 +169,8 @@ def test_training_stages_rerun_for_every_setting_that_changes_the_model():
 
     pipeline = load_yaml(Path(__file__).parent.parent / "dvc.yaml")
     # Where and how fast it runs, never what it learns.
-    no_effect = {"device", "checkpoint_every", "keep_checkpoints", "prefix_cache", "score_batch_size", "workers"}
+    no_effect = {"device", "checkpoint_every", "keep_checkpoints", "prefix_cache", "score_batch_size", "workers",
+                 "rdzv_endpoint"}
     for stage, own in (("train_stage1", "stage1"), ("train_stage2", "stage2")):
         listed = {name.removeprefix("train.") for name in pipeline["stages"][stage]["params"]
                   if isinstance(name, str) and name.startswith("train.")}

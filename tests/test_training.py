@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -266,6 +267,38 @@ def test_ddp_with_two_gloo_processes(features_project, tmp_path):
     assert (root / "models/stage1/model.safetensors").is_file()
 
 
+def test_two_machines_meet_at_the_rendezvous_and_node_zero_keeps_the_results(features_project, tmp_path,
+                                                                               prefect_api_url):
+    """Two "machines" on this one: node 0 runs the stage flow, node 1 the worker command; 1 process each."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = copy_project(features_project, tmp_path / "nodes", nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}",
+                        stage1={"epochs": 1, "lr": 0.003})
+    node_one = python("-m", "flows.training", "1", "--node-rank", "1", cwd=root)
+    node_zero = subprocess.Popen([sys.executable, "-m", "flows.train_stage1"], cwd=root, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=os.environ | {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+                                                   "PREFECT_API_URL": prefect_api_url})
+    finish(node_zero, timeout=400)
+    finish(node_one, timeout=60)
+    summary = json.loads((root / "metrics/train_stage1.json").read_text())
+    n_train = len(schemas.read(root / "data/features/train/captions.parquet", schemas.FEATURE_CAPTIONS))
+    assert summary["processes"] == 2 and summary["steps"] == n_train // (8 * 2)
+    assert (root / "models/stage1/model.safetensors").is_file()
+
+
+def test_torchrun_commands_of_one_and_of_several_machines():
+    from flows.training import torchrun_command
+
+    one = from_params(TrainConfig, params_with(train={"processes": 8}))
+    assert torchrun_command(1, one, "params.yaml")[3:5] == ["--standalone", "--nproc_per_node=8"]
+    several = from_params(TrainConfig, params_with(train={"processes": 8, "nnodes": 4, "rdzv_endpoint": "gpu1:29500"}))
+    assert torchrun_command(2, several, "p.yaml", node_rank=3)[3:] == [
+        "--nnodes=4", "--node_rank=3", "--master_addr=gpu1", "--master_port=29500", "--nproc_per_node=8",
+        "-m", "tasks.train.stage", "2", "--params", "p.yaml"]
+
+
 def test_stage_two_then_evaluation_of_zero_shot_and_reranked_side_by_side(features_project, tmp_path):
     root = copy_project(features_project, tmp_path / "eval")
     result = train_and_evaluate(root)
@@ -291,7 +324,9 @@ def test_stage_two_then_evaluation_of_zero_shot_and_reranked_side_by_side(featur
                                             ({"stage1": {"epochs": 1}}, "lr"),
                                             ({"learning_rate": 1}, "unknown keys"),
                                             ({"negative_pool": 1}, "negative_pool"),
-                                            ({"batch_neighbours": 8}, "batch_neighbours")])
+                                            ({"batch_neighbours": 8}, "batch_neighbours"),
+                                            ({"nnodes": 2}, r"train\.rdzv_endpoint: train\.nnodes is 2"),
+                                            ({"nnodes": 2, "rdzv_endpoint": "gpu1"}, "got 'gpu1'")])
 def test_bad_train_params_are_named(train, message):
     params = yaml.safe_load(yaml.safe_dump(PARAMS))
     params["train"].update(train)

@@ -1,6 +1,7 @@
 """The `train` section of params.yaml, and where each training stage writes."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,7 +36,9 @@ class TrainConfig:
     seed: int
     device: str
     amp: bool                                     # autocast on GPUs (bf16 where supported, else fp16)
-    processes: int = checked(least=1)             # > 1: torchrun DistributedDataParallel
+    processes: int = checked(least=1)             # per machine; > 1: torchrun DistributedDataParallel
+    nnodes: int = checked(least=1)                # machines; > 1: the one running the stage is node 0
+    rdzv_endpoint: str | None                     # host:port of node 0, where every machine meets (nnodes > 1)
     checkpoint_every: int = checked(least=0)      # steps; and at every epoch end
     keep_checkpoints: int = checked(least=1)
     validate_every: int = checked(least=0)        # epochs between re-ranked recalls on the val split (0: never)
@@ -47,6 +50,9 @@ class TrainConfig:
     def resolve(self, params: Any) -> TrainConfig:
         if self.negative_pool is not None and self.negative_pool < self.cross_negatives:
             raise ParamError("negative_pool", f"must be null or >= train.cross_negatives ({self.cross_negatives})")
+        if self.nnodes > 1 and not re.fullmatch(r"[^\s:]+:\d+", self.rdzv_endpoint or ""):
+            raise ParamError("rdzv_endpoint", f"train.nnodes is {self.nnodes}: give host:port of the machine that "
+                                              f"runs the stage (node 0), reachable from all; got {self.rdzv_endpoint!r}")
         if self.batch_neighbours >= self.batch_size:
             raise ParamError("batch_neighbours", f"must be < train.batch_size ({self.batch_size}): a batch holds "
                                                  "batch_size // (batch_neighbours + 1) seed captions")
