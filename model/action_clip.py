@@ -219,6 +219,10 @@ class ActionAwareCLIP(nn.Module):
                              f"(fusion={self.config.fusion!r}, uses_knowledge={self.config.uses_knowledge})")
         return {name: p for name, p in new.items() if name.startswith("interaction.")}
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned prompts and the temperature: weight decay would pull them towards zero (timm's convention)."""
+        return {"null_triplet", "null_state", "visual_prompts", "logit_scale"}
+
     def set_trainable(self, stage: int) -> dict[str, nn.Parameter]:
         """requires_grad on exactly the stage's parameters; returns them."""
         trainable = self.trainable_parameters(stage)

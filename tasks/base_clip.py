@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from model.optim import decay_groups
 from tasks import backbone, paths, retrieval, schemas
 from tasks.config import InputDataError, ParamError, checked, write_json
 from tasks.ingest.demo import ACTIONS, NOUNS, generate_demo
@@ -117,15 +118,10 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 def optimizer(model: open_clip.CLIP, config: ScratchConfig,
               scene_head: torch.nn.Module | None = None) -> torch.optim.AdamW:
     """AdamW; gains, biases and logit_scale are not decayed (as in open_clip's training)."""
-    def exempt(name: str, param: torch.nn.Parameter) -> bool:
-        return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-
     named = list(model.named_parameters())
     if scene_head is not None:
         named += [(f"scene_head.{name}", param) for name, param in scene_head.named_parameters()]
-    groups = [{"params": [p for n, p in named if exempt(n, p)], "weight_decay": 0.0},
-              {"params": [p for n, p in named if not exempt(n, p)], "weight_decay": config.weight_decay}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(decay_groups(named, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
 def train_from_scratch(name: str, captions: pd.DataFrame, config: ScratchConfig, device: torch.device,

@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from model import ActionAwareCLIP, Knowledge, PromptConfig, build_model, contrastive_loss, triplet_loss
+from model.optim import decay_groups
 from tasks.config import InputDataError, from_params
 from tasks.train.model_files import prompt_model
 from tests.conftest import PARAMS, params_with
@@ -168,6 +169,21 @@ def test_stage_two_needs_an_interaction_module():
         tiny_model(fusion="concat").trainable_parameters(2)
     with pytest.raises(ValueError, match="stage must be one of"):
         tiny_model().trainable_parameters(3)
+
+
+def test_weight_decay_skips_gains_biases_prompts_and_the_temperature():
+    model = tiny_model()
+    trainable = model.set_trainable(1)
+    plain, decayed = decay_groups(trainable.items(), 0.1, model.no_weight_decay())
+    name_of = {id(parameter): name for name, parameter in trainable.items()}
+    plain_names = {name_of[id(p)] for p in plain["params"]}
+    decayed_names = {name_of[id(p)] for p in decayed["params"]}
+    assert (plain["weight_decay"], decayed["weight_decay"]) == (0.0, 0.1)
+    assert plain_names | decayed_names == set(trainable) and not plain_names & decayed_names
+    assert {"null_triplet", "null_state", "visual_prompts", "logit_scale"} <= plain_names
+    assert all(name.endswith("bias") or trainable[name].ndim < 2 or name in model.no_weight_decay()
+               for name in plain_names)
+    assert decayed_names and all(trainable[name].ndim == 2 and "bias" not in name for name in decayed_names)
 
 
 @pytest.mark.parametrize("prompt, message", [

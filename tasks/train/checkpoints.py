@@ -20,10 +20,12 @@ from model import ActionAwareCLIP
 from tasks.train.model_files import WEIGHTS_FILE, load_prompt_state, prompt_state
 
 BEST_FILE = "best.safetensors"
+# Part of every fingerprint: checkpoints of another layout (format 1: one optimizer group) are never resumed.
+FORMAT = 2
 
 
 def fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([FORMAT, *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Checkpoints:

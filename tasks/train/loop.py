@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from dvclive import Live
 from model import ActionAwareCLIP, Objective
+from model.optim import decay_groups
 from tasks.rerank.features import FeatureSplit
 from tasks.rerank.prefixes import PrefixSource
 from tasks.rerank.scores import rerank
@@ -87,8 +88,9 @@ class TrainingLoop:
         captions = len(batches.split.captions)
         self.batches_per_epoch = captions // (config.batch_size * dist_env.world)
         self.total_steps = self.batches_per_epoch * self.stage_config.epochs
-        self.optimizer = torch.optim.AdamW(trainable.values(), lr=self.stage_config.lr,
-                                           weight_decay=self.stage_config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            decay_groups(trainable.items(), self.stage_config.weight_decay, self.model.no_weight_decay()),
+            lr=self.stage_config.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(self.stage_config.warmup_steps, self.total_steps))
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda"
