@@ -107,8 +107,8 @@ class TrainingLoop:
         self.live = Live(str(live_dir), resume=self.resumed_from is not None, report=None, save_dvc_exp=False,
                          dvcyaml=None) if dist_env.main else None
 
-    def run(self) -> dict[str, Any]:
-        """Train the remaining epochs; the history of every epoch and the validated best (with select_best)."""
+    def run(self) -> None:
+        """Train the remaining epochs; `position` then holds every epoch's history and the validated best."""
         # Stage 2's start is stage 1's model, which stage 2 has to beat; stage 1 starts from random prompts.
         if self.validation and self.config.select_best and self.stage == 2 and self.resumed_from is None:
             start = self.validation(self.model, self.device)
@@ -123,7 +123,6 @@ class TrainingLoop:
             self.live.end()
         if self.config.select_best and self.position["best"] is not None:
             self.checkpoints.load_best(self.model)
-        return self.position
 
     def _epoch(self, epoch: int) -> None:
         config, position = self.config, self.position

@@ -83,11 +83,10 @@ def train(stage: int, config: TrainConfig, prompt: PromptConfig, dist_env: Distr
                                                  config.negatives == "batch_cross"),
                         trainable, BatchMaker(train_split, train_source, config, device), validation, checkpoints,
                         where["live"], dist_env, device, progress)
-    position = loop.run()
+    loop.run()
     if not dist_env.main:
         return {}
-    summary = _summary(stage, config, loop, position, model, trainable, dist_env, device) | {
-        "seconds": round(time.perf_counter() - started, 1)}
+    summary = _summary(loop, trainable) | {"seconds": round(time.perf_counter() - started, 1)}
     save_model(model, where["out"], description)
     write_json(where["metrics"], summary)
     # Checkpoints exist to finish an interrupted run; a finished one is in models/ (and DVC's cache), and keeping
@@ -125,20 +124,19 @@ def _data(model: ActionAwareCLIP, preprocess: Any, config: TrainConfig, features
     return train_split, train_source, validation
 
 
-def _summary(stage: int, config: TrainConfig, loop: TrainingLoop, position: dict[str, Any], model: ActionAwareCLIP,
-             trainable: dict[str, torch.nn.Parameter], dist_env: Distributed, device: torch.device) -> dict[str, Any]:
-    history = position["history"]
-    selected = position["best"] if config.select_best else None
+def _summary(loop: TrainingLoop, trainable: dict[str, torch.nn.Parameter]) -> dict[str, Any]:
+    config, history = loop.config, loop.position["history"]
+    selected = loop.position["best"] if config.select_best else None
     resumed = loop.resumed_from
-    return {"stage": stage, "mode": config.mode, "negatives": config.negatives,
-            "batch_neighbours": config.batch_neighbours, "epochs": config.stage(stage).epochs,
+    return {"stage": loop.stage, "mode": config.mode, "negatives": config.negatives,
+            "batch_neighbours": config.batch_neighbours, "epochs": loop.stage_config.epochs,
             "steps": loop.total_steps, "resumed_from_step": None if resumed is None else int(resumed.name.split("-")[1]),
             "final_loss": history[-1].get("loss") if history else None, "selected": selected,
             "val": next((h["val"] for h in reversed(history) if "val" in h
                          and (selected is None or h["epoch"] == selected["epoch"])), None), "history": history,
             "trainable_parameters": sum(p.numel() for p in trainable.values()),
-            "backbone_parameters": sum(p.numel() for p in model.clip.parameters()),
-            "processes": dist_env.world, "device": str(device)}
+            "backbone_parameters": sum(p.numel() for p in loop.model.clip.parameters()),
+            "processes": loop.dist_env.world, "device": str(loop.device)}
 
 
 def main() -> None:
