@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import main, run_stage
@@ -25,7 +25,9 @@ def _server_failed(failed_task, task_run, state) -> bool:
       retry_condition_fn=_server_failed, cache_policy=NO_CACHE)
 def ask_llm(config: LLMConfig) -> dict[str, Any]:
     """A retry is safe: every answer is in the resume cache, so a retried run asks only for what is missing."""
-    return stage.run(config, schemas.read(paths.CAPTIONS, schemas.CAPTIONS)["caption"].tolist())
+    captions = schemas.read(paths.CAPTIONS, schemas.CAPTIONS)["caption"].tolist()
+    get_run_logger().info("%d captions, backend %s, model %s", len(captions), config.backend, config.model)
+    return stage.run(config, captions)
 
 
 @flow(name="knowledge")
