@@ -72,7 +72,7 @@ def state_sentences(split: FeatureSplit, template: str) -> np.ndarray:
 
 
 def epoch_seconds(model: ActionAwareCLIP, split, source: PrefixSource, config: TrainConfig, steps: int) -> float:
-    objective = Objective(model, ("contrastive",), config.margin, config.negatives == "batch_cross")
+    objective = Objective(model, ("contrastive",), config.margin, config.negatives)
     optimizer = torch.optim.AdamW(model.set_trainable(1).values(), lr=config.stage1.lr)
     order = np.random.default_rng(config.seed).permutation(len(split.captions))
     batches = BatchMaker(split, source, config, torch.device("cpu"))

@@ -38,6 +38,21 @@ class ImagePrefix:
         return ImagePrefix(self.tokens.to(device, dtype), self.patches.to(device, dtype))
 
 
+def masked_block(block: nn.Module, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """An open_clip residual attention block whose keys at `padding` (B, L) are not attended to.
+
+    open_clip's blocks take only a dense additive mask, (B·heads, L, L) per batch: 0.5 GB at 256 pairs on
+    ViT-B/16. The padding mask here costs O(B·L): nn.MultiheadAttention takes it as key_padding_mask (the rest is
+    ResidualAttentionBlock.forward), and open_clip's own Attention (custom blocks) broadcasts a (B, 1, 1, L) one.
+    """
+    if not isinstance(block.attn, nn.MultiheadAttention):
+        blocked = torch.zeros(padding.shape, dtype=tokens.dtype, device=tokens.device).masked_fill(padding, float("-inf"))
+        return block(tokens, attn_mask=blocked[:, None, None, :])
+    normed = block.ln_1(tokens)
+    tokens = tokens + block.ls_1(block.attn(normed, normed, normed, need_weights=False, key_padding_mask=padding)[0])
+    return tokens + block.ls_2(block.mlp(block.ln_2(tokens)))
+
+
 def _token_embedding(clip: nn.Module) -> nn.Embedding | None:
     if hasattr(clip, "token_embedding"):
         return clip.token_embedding
@@ -163,18 +178,19 @@ class ActionAwareCLIP(nn.Module):
             for block in blocks:
                 tokens = block(tokens)
         else:
-            tokens, attn_mask = self._append_prompts(tokens, patches, knowledge)
+            tokens, padding = self._append_prompts(tokens, patches, knowledge)
             for offset, block in enumerate(blocks):
                 if 0 < offset < self.depth - self.injection_layer and self.visual_prompts is not None:
                     fresh = self.visual_prompts[offset].to(dtype).expand(len(tokens), -1, -1)
                     tokens = torch.cat([tokens[:, :-fresh.shape[1]], fresh], dim=1)
-                tokens = block(tokens, attn_mask=attn_mask)
+                tokens = block(tokens) if padding is None else masked_block(block, tokens, padding)
             tokens = tokens[:, :image_tokens]
         pooled, _ = visual._pool(tokens)
         return pooled @ visual.proj if visual.proj is not None else pooled
 
     def _append_prompts(self, tokens: torch.Tensor, patches: torch.Tensor,
                         knowledge: Knowledge) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The token sequence with the prompts appended, and its (B, L) padding (True: not attended to) if any."""
         batch, dtype = tokens.shape[0], tokens.dtype
         parts, valid = [tokens], [torch.ones(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)]
         if self.config.uses_knowledge:
@@ -185,13 +201,7 @@ class ActionAwareCLIP(nn.Module):
             parts.append(self.visual_prompts[0].to(dtype).expand(batch, -1, -1))
             valid.append(torch.ones(batch, self.visual_prompts.shape[1], dtype=torch.bool, device=tokens.device))
         tokens, valid = torch.cat(parts, dim=1), torch.cat(valid, dim=1)
-        if valid.all():
-            return tokens, None
-        # Padding triplet slots must not be attended to: an additive mask per sample and head.
-        heads = self.clip.visual.transformer.resblocks[0].attn.num_heads
-        blocked = torch.zeros(valid.shape, dtype=dtype, device=tokens.device).masked_fill(~valid, float("-inf"))
-        attn_mask = blocked[:, None, None, :].expand(-1, heads, tokens.shape[1], -1)
-        return tokens, attn_mask.reshape(batch * heads, tokens.shape[1], tokens.shape[1])
+        return tokens, None if valid.all() else ~valid
 
     def encode_image(self, images: torch.Tensor, knowledge: Knowledge | None = None) -> torch.Tensor:
         """f(i | t), unnormalised; with knowledge=None it equals open_clip's encode_image."""

@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from model import ActionAwareCLIP, Knowledge, PromptConfig, build_model, contrastive_loss, triplet_loss
+from model.action_clip import masked_block
 from model.optim import decay_groups
 from tasks.config import InputDataError, from_params
 from tasks.train.model_files import prompt_model
@@ -119,6 +120,21 @@ def test_padding_slots_and_k_from_0_to_max_do_not_change_a_caption():
         for features in null[1:]:
             assert torch.allclose(features, null[0], atol=1e-5)
         assert not torch.allclose(null[0], padded, atol=1e-4)
+
+
+@pytest.mark.parametrize("block_type", ["default", "custom"])
+@pytest.mark.parametrize("grad", [False, True])  # nn.MultiheadAttention takes a fast path without gradients
+def test_the_key_padding_mask_gives_the_dense_masks_results(block_type, grad):
+    block = tiny_model(clip_config=tiny_clip_config(block_type=block_type)).clip.visual.transformer.resblocks[0]
+    tokens = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(0))
+    padding = torch.tensor([[False] * 5 + [True] * 2, [False] * 7, [False] * 4 + [True, False, True]])
+    heads = 64 // 16
+    # The form open_clip's blocks take: an additive (B·heads, L, L) mask, as this model built it before.
+    dense = torch.zeros(padding.shape).masked_fill(padding, float("-inf"))[:, None, None, :].expand(-1, heads, 7, -1)
+    with torch.set_grad_enabled(grad):
+        expected = block(tokens, attn_mask=dense.reshape(3 * heads, 7, 7))
+        assert torch.allclose(masked_block(block, tokens, padding), expected, atol=1e-5)
+        assert not torch.allclose(block(tokens), expected, atol=1e-3)  # the mask matters
 
 
 def test_batch_composition_does_not_leak_between_rows():

@@ -155,8 +155,8 @@ def test_batch_cross_scores_each_image_under_the_scored_captions_knowledge(featu
     source = PrefixSource(model, preprocess, split.images["image_path"].tolist(), torch.device("cpu"), None, "")
     batch = paired_batch(split, source, np.arange(5), torch.device("cpu"))
     with torch.no_grad():
-        crossed = Objective(model, ("contrastive",), 0.2, cross_conditioned=True)._in_batch_scores(batch)
-        paired = Objective(model, ("contrastive",), 0.2)._in_batch_scores(batch)
+        crossed = Objective(model, ("contrastive",), 0.2, "batch_cross").cross_conditioned_scores(batch)
+        paired, _, _, _ = Objective(model, ("contrastive",), 0.2, "paired").global_scores(batch)
         for b, c in ((0, 0), (1, 3), (4, 2)):
             expected = model.score_from_prefix(batch.prefix.index(torch.tensor([b])),
                                                batch.knowledge.index(torch.tensor([c])), batch.text[[c]])

@@ -1,7 +1,8 @@
 """Training batches from cached features and image prefixes, by `train.negatives` and `train.batch_neighbours`.
 
-`paired` and `batch_cross` take in-batch batches (random captions, or seed captions with their zero-shot near
-misses when `batch_neighbours` > 0); `cross` adds negatives drawn from the anchors' zero-shot top-k. Every draw
+`paired`, `consistent` and `batch_cross` take in-batch batches (random captions, or seed captions with their
+zero-shot near misses when `batch_neighbours` > 0; `consistent` also names each caption's hardest other image in
+the batch); `cross` adds negatives drawn from the anchors' zero-shot top-k. Every draw
 comes from a generator seeded by (seed, epoch, batch), so a resumed run sees the batches an uninterrupted one saw.
 """
 from __future__ import annotations
@@ -17,10 +18,22 @@ from tasks.rerank.prefixes import PrefixSource
 from tasks.train.config import TrainConfig
 
 
-def paired_batch(split: FeatureSplit, source: PrefixSource, captions: np.ndarray, device: torch.device) -> Batch:
+def paired_batch(split: FeatureSplit, source: PrefixSource, captions: np.ndarray, device: torch.device,
+                 other_images: bool = False) -> Batch:
+    """An in-batch batch of caption rows; `other_images` (consistent): with each caption's hardest other image."""
     images = split.image_row[captions]
+    other = torch.from_numpy(hardest_other_images(split, captions)).to(device) if other_images else None
     return Batch(source.prefix(images), split.knowledge(captions, device), split.text_features(captions, device),
-                 torch.from_numpy(images).to(device))
+                 torch.from_numpy(images).to(device), other_image=other)
+
+
+def hardest_other_images(split: FeatureSplit, captions: np.ndarray) -> np.ndarray:
+    """For each caption row of a batch, the batch row whose image the zero-shot model scores highest for it among
+    the batch's other images (the confusion re-ranking has to resolve); -1 where every row shows its own image."""
+    images = split.image_row[captions]
+    scores = split.text[captions].astype(np.float32) @ split.image[images].astype(np.float32).T
+    scores[images[:, None] == images[None, :]] = -np.inf
+    return np.where(np.isfinite(scores).any(axis=1), scores.argmax(axis=1), -1)
 
 
 def sample_negatives(candidates: np.ndarray, valid: np.ndarray, count: int, pool: int | None,
@@ -89,9 +102,9 @@ class BatchMaker:
             seeds = order[global_batch * per_batch:(global_batch + 1) * per_batch]
             captions = neighbourhood_captions(self.split, seeds, config.batch_neighbours, config.negative_pool,
                                               self.captions_of_image, rng)
-            return paired_batch(self.split, self.source, captions, self.device)
-        captions = order[global_batch * config.batch_size:(global_batch + 1) * config.batch_size]
-        if config.negatives == "cross":
-            return cross_batch(self.split, self.source, captions, config.cross_negatives, config.negative_pool,
-                               rng, self.device)
-        return paired_batch(self.split, self.source, captions, self.device)
+        else:
+            captions = order[global_batch * config.batch_size:(global_batch + 1) * config.batch_size]
+            if config.negatives == "cross":
+                return cross_batch(self.split, self.source, captions, config.cross_negatives, config.negative_pool,
+                                   rng, self.device)
+        return paired_batch(self.split, self.source, captions, self.device, config.negatives == "consistent")

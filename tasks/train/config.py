@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from tasks.config import ParamError, checked
 
 MODES = ("two_stage", "one_stage", "combined")
-NEGATIVES = ("paired", "batch_cross", "cross")
+NEGATIVES = ("paired", "consistent", "batch_cross", "cross")
 
 
 @dataclass(frozen=True)

@@ -79,10 +79,9 @@ def train(stage: int, config: TrainConfig, prompt: PromptConfig, dist_env: Distr
                              f"than one batch (train.batch_size {config.batch_size} x {dist_env.world} processes)")
     checkpoints = Checkpoints(where["checkpoints"], fingerprint(stage, asdict(config), asdict(prompt), inputs,
                                                                 dist_env.world), config.keep_checkpoints)
-    loop = TrainingLoop(stage, config, Objective(model, losses(stage, config.mode), config.margin,
-                                                 config.negatives == "batch_cross"),
-                        trainable, BatchMaker(train_split, train_source, config, device), validation, checkpoints,
-                        where["live"], dist_env, device, progress)
+    objective = Objective(model, losses(stage, config.mode), config.margin, config.negatives)
+    loop = TrainingLoop(stage, config, objective, trainable, BatchMaker(train_split, train_source, config, device),
+                        validation, checkpoints, where["live"], dist_env, device, progress)
     loop.run()
     if not dist_env.main:
         return {}
