@@ -105,19 +105,26 @@ class Objective(nn.Module):
     def global_scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """`paired` / `consistent` scores of this process's anchors against the global batch:
         (b, N·b) image -> captions, (b, N·b) caption -> images, the global image rows and this process's offset."""
-        features = self._features(batch.prefix, batch.knowledge)
+        anchors = len(batch.image_rows)
+        consistent = self.negatives == "consistent" and batch.other_image is not None
+        if consistent:  # one pass over the anchors and the (other image, caption) pairs: larger, faster matmuls
+            captions = torch.nonzero(batch.other_image >= 0).squeeze(1)
+            others = batch.other_image[captions]
+            rows = torch.arange(anchors, device=captions.device)
+            features = self._features(batch.prefix.index(torch.cat([rows, others])),
+                                      batch.knowledge.index(torch.cat([rows, captions])))
+            features, other_features = features[:anchors], features[anchors:]
+        else:
+            features = self._features(batch.prefix, batch.knowledge)
         text = batch.text.to(features.dtype)
         all_features, offset = gather(features, with_grad=True)
         all_text, _ = gather(text, with_grad=False)  # g(t) is frozen
         all_images, _ = gather(batch.image_rows, with_grad=False)
         i2t, t2i = features @ all_text.T, text @ all_features.T
-        if self.negatives == "consistent" and batch.other_image is not None:
-            captions = torch.nonzero(batch.other_image >= 0).squeeze(1)
-            others = batch.other_image[captions]
-            consistent = (self._features(batch.prefix.index(others), batch.knowledge.index(captions))
-                          * text[captions]).sum(dim=-1)
-            i2t = i2t.index_put((others, offset + captions), consistent)
-            t2i = t2i.index_put((captions, offset + others), consistent)
+        if consistent:
+            scores = (other_features * text[captions]).sum(dim=-1)
+            i2t = i2t.index_put((others, offset + captions), scores)
+            t2i = t2i.index_put((captions, offset + others), scores)
         return i2t, t2i, all_images, offset
 
     def forward(self, batch: Batch) -> torch.Tensor:
