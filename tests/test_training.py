@@ -1,6 +1,8 @@
 """Training stages 1/2 and evaluation on a tiny CLIP: resume after kill -9, determinism, DDP, modes, reports."""
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -17,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tasks import base_clip, featurize, schemas
+from tasks import base_clip, featurize, paths, schemas
 from tasks.config import InputDataError, from_params
 from tasks.rerank.scores import captions_of_other_images, knowledge_effect
 from tasks.retrieval import recalls
@@ -246,14 +248,31 @@ def test_single_stage_modes_pass_stage_one_on(features_project, tmp_path, mode):
 
 def test_each_kind_of_negatives_trains_differently(features_project, tmp_path):
     weights = {}
-    for negatives in ("paired", "batch_cross", "cross"):
+    for negatives in ("paired", "consistent", "batch_cross", "cross"):
         root = copy_project(features_project, tmp_path / negatives, negatives=negatives, stage1={"epochs": 1, "lr": 0.003})
         finish(python("-m", "tasks.train.stage", "1", cwd=root))
         summary = json.loads((root / "metrics/train_stage1.json").read_text())
         assert summary["negatives"] == negatives and np.isfinite(summary["final_loss"])
         weights[negatives] = load_file(root / "models/stage1/model.safetensors")
-    for first, second in (("paired", "batch_cross"), ("paired", "cross"), ("batch_cross", "cross")):
+    for first, second in itertools.combinations(weights, 2):
         assert not all(torch.equal(weights[first][n], weights[second][n]) for n in weights[first])
+
+
+def test_augmented_training_crops_alike_in_every_run_and_caches_only_validation(features_project, tmp_path):
+    weights = {}
+    for run, workers in (("serial", 0), ("threads", 2)):
+        root = copy_project(features_project, tmp_path / run, augment=True, crop_scale=[0.3, 1.0], workers=workers,
+                            negatives="consistent", stage1={"epochs": 1, "lr": 0.003})
+        finish(python("-m", "tasks.train.stage", "1", cwd=root))
+        weights[run] = load_file(root / "models/stage1/model.safetensors")
+        cached = [json.loads((folder / "complete.json").read_text()) for folder in (root / paths.PREFIX_CACHE).iterdir()]
+        val_images = schemas.read(root / "data/features/val/images.parquet", schemas.FEATURE_IMAGES)["image_path"]
+        assert [entry["images"] for entry in cached] == [hashlib.sha256("\n".join(val_images).encode()).hexdigest()]
+    assert all(torch.equal(weights["serial"][n], weights["threads"][n]) for n in weights["serial"])
+    root = copy_project(features_project, tmp_path / "plain", negatives="consistent", stage1={"epochs": 1, "lr": 0.003})
+    finish(python("-m", "tasks.train.stage", "1", cwd=root))
+    plain = load_file(root / "models/stage1/model.safetensors")
+    assert not all(torch.equal(weights["serial"][n], plain[n]) for n in plain)  # the crops changed what it learnt
 
 
 def test_ddp_with_two_gloo_processes(features_project, tmp_path):

@@ -15,6 +15,7 @@ import torch
 from model import Batch
 from tasks.rerank.features import FeatureSplit
 from tasks.rerank.prefixes import PrefixSource
+from tasks.train.augment import AugmentedPrefixes
 from tasks.train.config import TrainConfig
 
 
@@ -86,7 +87,7 @@ class BatchMaker:
     """The batches of one process: batch `index` of an epoch is the process's share of global batch
     index * world + rank, cut from the epoch's caption order."""
     split: FeatureSplit
-    source: PrefixSource
+    source: PrefixSource | AugmentedPrefixes
     config: TrainConfig
     device: torch.device
 
@@ -97,6 +98,7 @@ class BatchMaker:
 
     def make(self, order: np.ndarray, global_batch: int, rng: np.random.Generator) -> Batch:
         config = self.config
+        source = self.source.drawing_from(rng) if isinstance(self.source, AugmentedPrefixes) else self.source
         if config.batch_neighbours and config.negatives != "cross":
             per_batch = config.batch_size // (config.batch_neighbours + 1)
             seeds = order[global_batch * per_batch:(global_batch + 1) * per_batch]
@@ -105,6 +107,6 @@ class BatchMaker:
         else:
             captions = order[global_batch * config.batch_size:(global_batch + 1) * config.batch_size]
             if config.negatives == "cross":
-                return cross_batch(self.split, self.source, captions, config.cross_negatives, config.negative_pool,
+                return cross_batch(self.split, source, captions, config.cross_negatives, config.negative_pool,
                                    rng, self.device)
-        return paired_batch(self.split, self.source, captions, self.device, config.negatives == "consistent")
+        return paired_batch(self.split, source, captions, self.device, config.negatives == "consistent")

@@ -44,8 +44,10 @@ class TrainConfig:
     validate_every: int = checked(least=0)        # epochs between re-ranked recalls on the val split (0: never)
     select_best: bool                             # keep the validated weights with the best val Rsum
     prefix_cache: bool                            # cache the image prefixes on disk (data/cache/prefixes)
+    augment: bool                                 # random resized crop + flip; the train prefixes then every step
+    crop_scale: list[float]                       # the crop's share of the image area: [min, max]
     score_batch_size: int = checked(least=1)      # pairs per forward pass when re-ranking
-    workers: int = checked(least=0)               # image decoding workers when filling the prefix cache
+    workers: int = checked(least=0)               # image decoding: processes filling the prefix cache, threads augmenting
 
     def resolve(self, params: Any) -> TrainConfig:
         if self.negative_pool is not None and self.negative_pool < self.cross_negatives:
@@ -53,6 +55,8 @@ class TrainConfig:
         if self.nnodes > 1 and not re.fullmatch(r"[^\s:]+:\d+", self.rdzv_endpoint or ""):
             raise ParamError("rdzv_endpoint", f"train.nnodes is {self.nnodes}: give host:port of the machine that "
                                               f"runs the stage (node 0), reachable from all; got {self.rdzv_endpoint!r}")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ParamError("crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale}")
         if self.batch_neighbours >= self.batch_size:
             raise ParamError("batch_neighbours", f"must be < train.batch_size ({self.batch_size}): a batch holds "
                                                  "batch_size // (batch_neighbours + 1) seed captions")

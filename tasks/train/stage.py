@@ -24,6 +24,7 @@ from tasks.backbone import load_backbone, resolve_device, sha256_of
 from tasks.config import InputDataError, from_params, load_params, write_json
 from tasks.rerank.features import FeatureSplit
 from tasks.rerank.prefixes import PrefixSource
+from tasks.train.augment import Augmentation, AugmentedPrefixes
 from tasks.train.batches import BatchMaker
 from tasks.train.checkpoints import Checkpoints, fingerprint
 from tasks.train.config import TrainConfig, losses, stage_paths
@@ -104,8 +105,8 @@ def _stage2_skipped(config: TrainConfig, model: ActionAwareCLIP) -> str | None:
 
 def _data(model: ActionAwareCLIP, preprocess: Any, config: TrainConfig, features_dir: Path, cache_dir: Path,
           backbone_sha: str, dist_env: Distributed,
-          device: torch.device) -> tuple[FeatureSplit, PrefixSource, Validation | None]:
-    """The train split and its prefixes, and the val split's validation if there is one."""
+          device: torch.device) -> tuple[FeatureSplit, PrefixSource | AugmentedPrefixes, Validation | None]:
+    """The train split and its prefixes (augmented: computed every batch), and the val split's validation."""
     cache = cache_dir if config.prefix_cache else None
 
     def prefixes(split: FeatureSplit) -> PrefixSource:
@@ -116,7 +117,11 @@ def _data(model: ActionAwareCLIP, preprocess: Any, config: TrainConfig, features
     val_split = FeatureSplit.load("val", features_dir) if (features_dir / "val").is_dir() else None
     if not dist_env.main:
         dist.barrier()  # the main process fills the prefix cache first
-    train_source = prefixes(train_split)
+    if config.augment:  # new crops every epoch: nothing to cache
+        train_source = AugmentedPrefixes(model, train_split.images["image_path"].tolist(),
+                                         Augmentation(model.clip, config.crop_scale, config.workers), device)
+    else:
+        train_source = prefixes(train_split)
     validation = None if val_split is None else Validation(val_split, prefixes(val_split), config.score_batch_size)
     if dist_env.main and dist_env.world > 1:
         dist.barrier()
