@@ -10,6 +10,7 @@ from tasks.config import ParamError, checked
 
 MODES = ("two_stage", "one_stage", "combined")
 NEGATIVES = ("paired", "consistent", "batch_cross", "cross")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class TrainConfig:
     stage1: StageConfig
     stage2: StageConfig
     mode: str = checked(choices=MODES)
+    optimizer: str = checked(choices=OPTIMIZERS)
+    momentum: float = checked(least=0)            # sgd
     negatives: str = checked(choices=NEGATIVES)
     cross_negatives: int = checked(least=1)       # per direction and anchor
     negative_pool: int | None = checked(least=1)  # the anchor's N best-ranked wrong candidates (None: all)

@@ -88,9 +88,9 @@ class TrainingLoop:
         captions = len(batches.split.captions)
         self.batches_per_epoch = captions // (config.batch_size * dist_env.world)
         self.total_steps = self.batches_per_epoch * self.stage_config.epochs
-        self.optimizer = torch.optim.AdamW(
-            decay_groups(trainable.items(), self.stage_config.weight_decay, self.model.no_weight_decay()),
-            lr=self.stage_config.lr)
+        groups = decay_groups(trainable.items(), self.stage_config.weight_decay, self.model.no_weight_decay())
+        self.optimizer = (torch.optim.SGD(groups, lr=self.stage_config.lr, momentum=config.momentum)
+                          if config.optimizer == "sgd" else torch.optim.AdamW(groups, lr=self.stage_config.lr))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(self.stage_config.warmup_steps, self.total_steps))
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda"
