@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test test-fast lint bench vllm-env clean
+.PHONY: install demo test test-fast lint bench rehearsal vllm-env clean
 
 install: $(STAMP)
 
@@ -24,11 +24,13 @@ $(STAMP): pyproject.toml
 
 # The demo's LLM answers and its backbone come from the in-repo DVC remote `demo` (data/remote/): SmolLM2 on two
 # CPU cores needs 20-35 min for the answers and the scratch backbone 8 min, as a CLIP user downloads weights rather
-# than training them (README, "Two commands"). Then one local Prefect server for the whole run (flows/local_server.py).
+# than training them (README, "Two commands"). Then the pipeline as a DVC experiment in the workspace with the
+# demo's CPU budget (configs/experiments/demo-cpu.yaml; params.yaml trains as the paper does), under one local
+# Prefect server for the whole run (flows/local_server.py).
 demo: install
 	$(BIN)/dvc pull --remote demo knowledge || echo "demo: no stored LLM answers match dvc.lock; the knowledge stage will ask the LLM"
 	$(BIN)/dvc pull --remote demo base_clip || echo "demo: no stored backbone matches dvc.lock; the base_clip stage will train it"
-	$(BIN)/python -m flows.local_server dvc repro
+	$(BIN)/python -m flows.local_server python -m tasks.ablations apply demo-cpu
 
 # Lint only: formatting would rewrite files that dvc.yaml stages depend on.
 lint: install
@@ -45,6 +47,13 @@ bench: install
 	$(BIN)/python bench/ingest_scale.py
 	$(BIN)/python bench/knowledge_throughput.py
 	$(BIN)/python bench/prefix_cache.py
+	$(BIN)/python bench/objective_cost.py
+	$(BIN)/python bench/gpu_projection.py
+
+# The real path on a CPU, small (bench/rehearsal.py): Karpathy JSON, ViT-B-16 weights from a local file, the
+# OpenAI-compatible client against a scripted server, the flickr30k-vit-b-16 preset on 2 gloo processes. ~10 min.
+rehearsal: install
+	$(BIN)/python bench/rehearsal.py
 
 # vLLM on a GPU machine, in its own environment (its pins clash with Prefect's). The knowledge stage can start
 # and stop it itself: llm.server.command (see README).

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +13,23 @@ from typing import Any
 from dvc.repo import Repo
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# What a fresh clone holds that the pipeline needs (no .venv, no artifacts).
+PROJECT_FILES = ["flows", "tasks", "model", "prompts", "configs", "dvc.yaml", "params.yaml", ".dvc/config",
+                 ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+
+
+def project_copy(target: Path, source: Path = PROJECT_DIR) -> Path:
+    """A git repository at `target` holding the pipeline's files of `source`: a place to run DVC apart."""
+    for name in PROJECT_FILES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / name, target / name)
+    identity = ["-c", "user.name=ActPrompt", "-c", "user.email=actprompt@localhost"]
+    for command in (["init", "-q", "-b", "main"], ["add", "-A"], [*identity, "commit", "-qm", "project"]):
+        subprocess.run(["git", *command], cwd=target, check=True)
+    return target
 
 
 def param_overrides(set_params: Mapping[str, Any]) -> list[str]:

@@ -1,43 +1,103 @@
-"""Ablation presets: every override names a real parameter with a valid value, and the comparison table."""
+"""Presets: every override names a real parameter with a valid value, the flags DVC takes, and the table."""
 from __future__ import annotations
 
-import copy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from model import PromptConfig
-from tasks.ablations import EXPERIMENT_NAME, METRICS, PRESETS, table
-from tasks.config import from_params
+from tasks.ablations import (BASES, EXPERIMENT_NAME, METRICS, applied, experiment_name, flags, overrides_of, presets,
+                             table)
+from tasks.base_clip import ClipConfig
+from tasks.config import InputDataError, from_params, load_params
 from tasks.featurize import FeaturizeConfig
+from tasks.ingest.config import IngestConfig
+from tasks.knowledge.config import LLMConfig
 from tasks.train.config import TrainConfig
-from tests.conftest import PARAMS
+from tests.conftest import REPO_ROOT
+
+KNOWN = presets(REPO_ROOT)
+PARAMS_FILE = load_params(REPO_ROOT / "params.yaml")
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_overrides_existing_params_with_valid_values(name):
-    params = copy.deepcopy(PARAMS)
-    for key, value in PRESETS[name][1].items():
-        *path, leaf = key.split(".")
-        section = params
-        for part in path:
-            section = section[part]
-        assert leaf in section, f"{name}: {key} is not in params.yaml"
-        section[leaf] = value
-    for config in (PromptConfig, TrainConfig, FeaturizeConfig):
+@pytest.mark.parametrize("name", sorted(KNOWN))
+@pytest.mark.parametrize("base", [None, *BASES])
+def test_every_preset_sets_existing_params_to_valid_values(name, base, tmp_path):
+    params = applied(PARAMS_FILE, overrides_of([base, name] if base else [name], KNOWN))
+    if params["data"]["annotations"]:  # the data set's files are where the user puts them: stand-ins here
+        (tmp_path / Path(params["data"]["annotations"]).name).write_text("{}")
+        params["data"].update(annotations=str(tmp_path / Path(params["data"]["annotations"]).name),
+                              image_root=str(tmp_path))
+    for config in (IngestConfig, LLMConfig, ClipConfig, FeaturizeConfig, PromptConfig, TrainConfig):
         from_params(config, params)
 
 
-def test_experiment_names_carry_preset_and_time():
-    match = EXPERIMENT_NAME.fullmatch("ablation-no_action_knowledge-20261123-171500")
-    assert match and match["preset"] == "no_action_knowledge" and match["stamp"] == "20261123-171500"
+def test_the_paper_tables_rows_are_presets_as_the_paper_defines_them():
+    prompt_rows = {  # Table 2: triplet, hand-crafted triplet, state, visual prompts
+        "table2-triplet": (True, "encoder", False, 0), "table2-handcrafted-triplet": (True, "template", False, 0),
+        "table2-state": (False, None, True, 0), "table2-triplet-state": (True, "encoder", True, 0)}
+    for name, (triplets, source, states, visual) in prompt_rows.items():
+        prompt = applied(PARAMS_FILE, KNOWN[name].overrides)["prompt"]
+        assert (prompt["use_triplets"], prompt["use_states"], prompt["n_visual_prompts"]) == (triplets, states, visual)
+        assert source is None or prompt["triplet_source"] == source
+    full = applied(PARAMS_FILE, KNOWN["full"].overrides)
+    assert full["prompt"]["use_triplets"] and full["prompt"]["use_states"] and full["prompt"]["n_visual_prompts"] > 0
+    assert applied(PARAMS_FILE, KNOWN["table3-no-action-knowledge"].overrides)["prompt"]["n_visual_prompts"] > 0
+    assert KNOWN["table5-one-stage"].overrides == {"train.mode": "one_stage"}
+    assert KNOWN["table5-combined"].overrides == {"train.mode": "combined"}
+
+
+def test_params_yaml_trains_with_the_official_recipe_and_the_demo_has_its_own_budget():
+    train = PARAMS_FILE["train"]
+    assert (train["optimizer"], train["stage1"]["lr"], train["stage1"]["epochs"], train["batch_size"],
+            train["augment"], train["negatives"]) == ("sgd", 0.001, 3, 128, True, "consistent")
+    for run in ("flickr30k-vit-b-16", "coco-vit-b-16"):
+        params = applied(PARAMS_FILE, KNOWN[run].overrides)
+        assert (params["clip"]["model"], params["clip"]["pretrained"], params["featurize"]["top_k"]) == \
+            ("ViT-B-16", "openai", 20)
+        assert params["train"] | {"stage1": None} == train | {"stage1": None}
+    assert applied(PARAMS_FILE, KNOWN["demo-cpu"].overrides)["train"]["batch_size"] < train["batch_size"]
+
+
+def test_flags_are_what_dvc_exp_run_takes_and_a_shell_keeps_whole():
+    overrides = overrides_of(["flickr30k-vit-b-16"], KNOWN)
+    words = shlex.split(flags(overrides))
+    assert words[::2] == ["-S"] * len(overrides)
+    assert dict(word.split("=", 1) for word in words[1::2])["llm.server.command"] == \
+        overrides["llm.server.command"]
+    listed = subprocess.run([sys.executable, "-m", "tasks.ablations", "flags", "table2-state", "--on", "demo-cpu"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert "-S prompt.use_states=true" in listed and "-S train.batch_size=8" in listed
+
+
+def test_a_preset_naming_an_unknown_parameter_is_refused_with_its_file(tmp_path):
+    (tmp_path / "configs/experiments").mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    (tmp_path / "configs/experiments/typo.yaml").write_text(yaml.safe_dump(
+        {"description": "a typo", "set": {"prompt.use_tripplets": False}}))
+    with pytest.raises(InputDataError, match=r"typo.yaml: set.prompt.use_tripplets: not a parameter of params.yaml"):
+        presets(tmp_path)
+    with pytest.raises(InputDataError, match="unknown presets"):
+        overrides_of(["no-such-preset"], KNOWN)
+
+
+def test_experiment_names_carry_preset_base_and_time():
+    for base in (None, "demo-cpu"):
+        match = EXPERIMENT_NAME.fullmatch(experiment_name("table3-no-action-knowledge", base))
+        assert match and match["preset"] == "table3-no-action-knowledge" and match["base"] == base
     assert EXPERIMENT_NAME.fullmatch("ablation-full") is None
 
 
 def test_table_lists_zero_shot_then_presets_in_order_and_what_is_missing():
     def result(base: float) -> dict:
         return {"zero_shot": {m: 10.0 for m in METRICS}, "reranked": {m: base for m in METRICS}}
-    lines = table({"one_stage": result(30.0), "full": result(40.0)}).splitlines()
+    order = ["full", "table2-state", "table5-one-stage"]
+    lines = table({"table5-one-stage": result(30.0), "full": result(40.0)}, order, "demo-cpu").splitlines()
     assert lines[2].startswith("zero-shot CLIP")
     assert lines[3].startswith("full") and lines[3].rstrip().endswith("40.0")
-    assert lines[4].startswith("one_stage")
-    assert lines[-1].startswith("(not run yet:") and "no_state" in lines[-1]
+    assert lines[4].startswith("table5-one-stage")
+    assert lines[-1] == "(not run yet: table2-state; `python -m tasks.ablations run table2-state --on demo-cpu`)"

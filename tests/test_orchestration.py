@@ -1,6 +1,7 @@
 """Prefect and DVC for real: the ingest flow on a Prefect server, the DVC pipeline, the served deployment."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from flows.ingest import ingest
 from tasks import paths, schemas
 from tasks.ingest.demo import NOUNS
 from tasks.pipeline import param_overrides
+from tests.conftest import PARAMS
 from tests.llm_server import ScriptedServer
 
 pytestmark = pytest.mark.slow  # a Prefect server, DVC pipelines and served deployments: minutes
@@ -45,7 +47,7 @@ def llm_url(llm_server) -> str:
 def write_params(root: Path, llm_url: str = "http://127.0.0.1:9/v1", **data) -> Path:
     """The project's params with a small demo, the scripted LLM server (few captions, one attempt each), a tiny
     CLIP trained for one epoch and one epoch of each training stage."""
-    params = yaml.safe_load((Path(__file__).parent.parent / "params.yaml").read_text())
+    params = copy.deepcopy(PARAMS)
     params["data"].update(data)
     params["data"]["demo"].update(SMALL_DEMO)
     params["llm"].update(backend="openai", model="scripted-model", base_urls=[llm_url], limit=6, max_attempts=1)

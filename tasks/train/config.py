@@ -36,6 +36,7 @@ class TrainConfig:
     batch_neighbours: int = checked(least=0)      # near-miss images each seed caption brings into its batch
     margin: float = checked(least=0)              # α of the triplet loss
     batch_size: int = checked(least=2)            # anchors per step and process
+    max_steps: int | None = checked(least=1)      # steps per stage at most (None: every epoch's); a smoke test's cap
     seed: int
     device: str
     amp: bool                                     # autocast on GPUs (bf16 where supported, else fp16)

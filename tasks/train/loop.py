@@ -88,6 +88,9 @@ class TrainingLoop:
         captions = len(batches.split.captions)
         self.batches_per_epoch = captions // (config.batch_size * dist_env.world)
         self.total_steps = self.batches_per_epoch * self.stage_config.epochs
+        if config.max_steps is not None:  # the last epoch ends early, with its validation and checkpoint
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.epochs = math.ceil(self.total_steps / self.batches_per_epoch)
         groups = decay_groups(trainable.items(), self.stage_config.weight_decay, self.model.no_weight_decay())
         self.optimizer = (torch.optim.SGD(groups, lr=self.stage_config.lr, momentum=config.momentum)
                           if config.optimizer == "sgd" else torch.optim.AdamW(groups, lr=self.stage_config.lr))
@@ -115,7 +118,7 @@ class TrainingLoop:
             self._keep_if_best(0, start)
             self.position["history"] = [{"epoch": 0, "val": start}]
         self.model.train()
-        for epoch in range(self.position["epoch"], self.stage_config.epochs):
+        for epoch in range(self.position["epoch"], self.epochs):
             self._epoch(epoch)
             if self.dist_env.world > 1:
                 dist.barrier()
@@ -128,8 +131,9 @@ class TrainingLoop:
         config, position = self.config, self.position
         # The order depends only on (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
         order = np.random.default_rng([config.seed, epoch]).permutation(len(self.batches.split.captions))
-        steps = tqdm(range(position["batch"], self.batches_per_epoch), unit="step", disable=not self.progress,
-                     desc=f"stage {self.stage} epoch {epoch + 1}/{self.stage_config.epochs}")
+        batches = min(self.batches_per_epoch, self.total_steps - epoch * self.batches_per_epoch)
+        steps = tqdm(range(position["batch"], batches), unit="step", disable=not self.progress,
+                     desc=f"stage {self.stage} epoch {epoch + 1}/{self.epochs}")
         for batch_index in steps:
             global_batch = batch_index * self.dist_env.world + self.dist_env.rank
             loss = self._step(self.batches.make(order, global_batch,
@@ -139,7 +143,7 @@ class TrainingLoop:
             steps.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if self.dist_env.main and config.checkpoint_every and position["global_step"] % config.checkpoint_every == 0:
                 self._save()
-        report = {"epoch": epoch + 1, "loss": round(position["epoch_loss"] / self.batches_per_epoch, 6)}
+        report = {"epoch": epoch + 1, "loss": round(position["epoch_loss"] / batches, 6)}
         if self.validation and (epoch + 1) % config.validate_every == 0:
             report["val"] = self.validation(self.model, self.device)
             self._keep_if_best(epoch + 1, report["val"])

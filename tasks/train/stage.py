@@ -133,7 +133,7 @@ def _summary(loop: TrainingLoop, trainable: dict[str, torch.nn.Parameter]) -> di
     selected = loop.position["best"] if config.select_best else None
     resumed = loop.resumed_from
     return {"stage": loop.stage, "mode": config.mode, "negatives": config.negatives,
-            "batch_neighbours": config.batch_neighbours, "epochs": loop.stage_config.epochs,
+            "batch_neighbours": config.batch_neighbours, "epochs": loop.epochs,
             "steps": loop.total_steps, "resumed_from_step": None if resumed is None else int(resumed.name.split("-")[1]),
             "final_loss": history[-1].get("loss") if history else None, "selected": selected,
             "val": next((h["val"] for h in reversed(history) if "val" in h
