@@ -33,7 +33,7 @@ from model.knowledge import Knowledge
 from model.losses import contrastive_loss, triplet_loss
 
 LOSSES = ("contrastive", "triplet")
-IN_BATCH = ("paired", "consistent", "batch_cross")
+NEGATIVES = ("paired", "consistent", "batch_cross", "cross")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ class Objective(nn.Module):
         unknown = set(losses) - set(LOSSES)
         if unknown:
             raise ValueError(f"unknown losses {sorted(unknown)}; known: {LOSSES}")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"unknown negatives {negatives!r}; known: {NEGATIVES}")
         self.model, self.losses, self.margin, self.negatives = model, losses, margin, negatives
 
     def _loss(self, rows: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -106,7 +108,9 @@ class Objective(nn.Module):
         """`paired` / `consistent` scores of this process's anchors against the global batch:
         (b, N·b) image -> captions, (b, N·b) caption -> images, the global image rows and this process's offset."""
         anchors = len(batch.image_rows)
-        consistent = self.negatives == "consistent" and batch.other_image is not None
+        consistent = self.negatives == "consistent"
+        if consistent and batch.other_image is None:
+            raise ValueError("consistent negatives need batch.other_image (tasks/train/batches.py sets it)")
         if consistent:  # one pass over the anchors and the (other image, caption) pairs: larger, faster matmuls
             captions = torch.nonzero(batch.other_image >= 0).squeeze(1)
             others = batch.other_image[captions]

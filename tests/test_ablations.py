@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from model import PromptConfig
-from tasks.ablations import (BASES, EXPERIMENT_NAME, METRICS, applied, experiment_name, flags, overrides_of, presets,
-                             table)
+from tasks import ablations
+from tasks.ablations import BASES, EXPERIMENT_NAME, METRICS, applied, overrides_of, presets
 from tasks.base_clip import ClipConfig
 from tasks.config import InputDataError, from_params, load_params
 from tasks.featurize import FeaturizeConfig
@@ -65,7 +65,7 @@ def test_params_yaml_trains_with_the_official_recipe_and_the_demo_has_its_own_bu
 
 def test_flags_are_what_dvc_exp_run_takes_and_a_shell_keeps_whole():
     overrides = overrides_of(["flickr30k-vit-b-16"], KNOWN)
-    words = shlex.split(flags(overrides))
+    words = shlex.split(ablations.flags(overrides))
     assert words[::2] == ["-S"] * len(overrides)
     assert dict(word.split("=", 1) for word in words[1::2])["llm.server.command"] == \
         overrides["llm.server.command"]
@@ -87,7 +87,7 @@ def test_a_preset_naming_an_unknown_parameter_is_refused_with_its_file(tmp_path)
 
 def test_experiment_names_carry_preset_base_and_time():
     for base in (None, "demo-cpu"):
-        match = EXPERIMENT_NAME.fullmatch(experiment_name("table3-no-action-knowledge", base))
+        match = EXPERIMENT_NAME.fullmatch(ablations.experiment_name("table3-no-action-knowledge", base))
         assert match and match["preset"] == "table3-no-action-knowledge" and match["base"] == base
     assert EXPERIMENT_NAME.fullmatch("ablation-full") is None
 
@@ -96,7 +96,7 @@ def test_table_lists_zero_shot_then_presets_in_order_and_what_is_missing():
     def result(base: float) -> dict:
         return {"zero_shot": {m: 10.0 for m in METRICS}, "reranked": {m: base for m in METRICS}}
     order = ["full", "table2-state", "table5-one-stage"]
-    lines = table({"table5-one-stage": result(30.0), "full": result(40.0)}, order, "demo-cpu").splitlines()
+    lines = ablations.table({"table5-one-stage": result(30.0), "full": result(40.0)}, order, "demo-cpu").splitlines()
     assert lines[2].startswith("zero-shot CLIP")
     assert lines[3].startswith("full") and lines[3].rstrip().endswith("40.0")
     assert lines[4].startswith("table5-one-stage")

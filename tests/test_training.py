@@ -275,6 +275,14 @@ def test_augmented_training_crops_alike_in_every_run_and_caches_only_validation(
     assert not all(torch.equal(weights["serial"][n], plain[n]) for n in plain)  # the crops changed what it learnt
 
 
+def test_max_steps_ends_the_stage_early_with_the_last_epochs_validation(features_project, tmp_path):
+    root = copy_project(features_project, tmp_path / "capped", max_steps=3, stage1={"epochs": 2, "lr": 0.003})
+    finish(python("-m", "tasks.train.stage", "1", cwd=root))
+    summary = json.loads((root / "metrics/train_stage1.json").read_text())
+    assert summary["steps"] == 3 and summary["epochs"] == 1
+    assert [entry["epoch"] for entry in summary["history"]] == [1] and "val" in summary["history"][0]
+
+
 def test_ddp_with_two_gloo_processes(features_project, tmp_path):
     root = copy_project(features_project, tmp_path / "ddp", processes=2, stage1={"epochs": 1, "lr": 0.003})
     finish(python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tasks.train.stage", "1",

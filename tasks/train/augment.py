@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import open_clip
-from open_clip.transform import PreprocessCfg
 import torch
+from open_clip.transform import PreprocessCfg
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from model.objective import NEGATIVES
 from tasks.config import ParamError, checked
 
 MODES = ("two_stage", "one_stage", "combined")
-NEGATIVES = ("paired", "consistent", "batch_cross", "cross")
 OPTIMIZERS = ("sgd", "adamw")
 
 
