@@ -51,7 +51,7 @@ bench: install
 	$(BIN)/python bench/gpu_projection.py
 
 # The real path on a CPU, small (bench/rehearsal.py): Karpathy JSON, ViT-B-16 weights from a local file, the
-# OpenAI-compatible client against a scripted server, the flickr30k-vit-b-16 preset on 2 gloo processes. ~10 min.
+# OpenAI-compatible client against a scripted server, the flickr30k-vit-b-16 preset on 2 gloo processes. ~8 min.
 rehearsal: install
 	$(BIN)/python bench/rehearsal.py
 

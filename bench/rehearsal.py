@@ -45,7 +45,8 @@ LEADING = {"a", "an", "the", "two", "three", "four", "several", "some", "one"}
 
 def write_flickr30k(root: Path, seed: int = 0) -> tuple[Path, Path, list[str]]:
     """dataset_flickr30k.json and flickr30k-images/ under root; returns both paths and the captions."""
-    rows = [line.split("\t", 1) for line in CAPTIONS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = CAPTIONS.read_text(encoding="utf-8").splitlines()[1:]  # after the header
+    rows = [line.split("\t", 1) for line in lines if line.strip()]
     by_image: dict[str, list[str]] = {}
     for image, caption in rows:
         by_image.setdefault(image, []).append(caption.strip())
