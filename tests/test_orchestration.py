@@ -129,20 +129,20 @@ def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_u
     # the next preset or in the workspace.
     commit_all(project, "reproduced")
     params_before = (project / "params.yaml").read_text()
-    ablations = run([sys.executable, "-m", "tasks.ablations", "run", "no_action_knowledge", "no_state"], project,
-                    prefect_api_url)
+    ablations = run([sys.executable, "-m", "tasks.ablations", "run", "table3-no-action-knowledge", "table2-state"],
+                    project, prefect_api_url)
     assert ablations.returncode == 0, ablations.stdout[-3000:] + ablations.stderr[-3000:]
     assert (project / "params.yaml").read_text() == params_before
     shown = run(["dvc", "exp", "show", "--json"], project, prefect_api_url)
     experiments = {e["name"]: e["revs"][0]["data"]["params"]["params.yaml"]["data"]["prompt"]
                    for baseline in json.loads(shown.stdout) for e in baseline.get("experiments") or []}
-    (no_knowledge,) = [p for name, p in experiments.items() if "no_action_knowledge" in name]
-    (no_state,) = [p for name, p in experiments.items() if "no_state" in name]
+    (no_knowledge,) = [p for name, p in experiments.items() if "table3-no-action-knowledge" in name]
+    (states_only,) = [p for name, p in experiments.items() if "table2-state" in name]
     assert not no_knowledge["use_triplets"] and not no_knowledge["use_states"]
-    assert no_state["use_triplets"] and not no_state["use_states"]
+    assert not states_only["use_triplets"] and states_only["use_states"] and states_only["n_visual_prompts"] == 0
     table = run([sys.executable, "-m", "tasks.ablations", "table"], project, prefect_api_url)
     rows = {words[0]: words[1] for words in map(str.split, table.stdout.splitlines()) if len(words) > 1}
-    assert rows.get("no_action_knowledge") == rows.get("no_state") == "re-ranked"
+    assert rows.get("table3-no-action-knowledge") == rows.get("table2-state") == "re-ranked"
 
     # Same captions come out of ingest, so nothing downstream runs again.
     write_params(project, llm_url, min_image_side=16)

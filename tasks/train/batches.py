@@ -18,8 +18,10 @@ from tasks.rerank.prefixes import PrefixSource
 from tasks.train.augment import AugmentedPrefixes
 from tasks.train.config import TrainConfig
 
+Prefixes = PrefixSource | AugmentedPrefixes
 
-def paired_batch(split: FeatureSplit, source: PrefixSource, captions: np.ndarray, device: torch.device,
+
+def paired_batch(split: FeatureSplit, source: Prefixes, captions: np.ndarray, device: torch.device,
                  other_images: bool = False) -> Batch:
     """An in-batch batch of caption rows; `other_images` (consistent): with each caption's hardest other image."""
     images = split.image_row[captions]
@@ -63,7 +65,7 @@ def neighbourhood_captions(split: FeatureSplit, seeds: np.ndarray, neighbours: i
     return np.asarray(rows, dtype=np.int64)
 
 
-def cross_batch(split: FeatureSplit, source: PrefixSource, captions: np.ndarray, count: int, pool: int | None,
+def cross_batch(split: FeatureSplit, source: Prefixes, captions: np.ndarray, count: int, pool: int | None,
                 rng: np.random.Generator, device: torch.device) -> Batch:
     """Pairs: the B positives, then each anchor image under `count` other captions, then each anchor caption
     on `count` other images; the negatives come from the anchors' zero-shot top-k (its first `pool` wrong
@@ -87,7 +89,7 @@ class BatchMaker:
     """The batches of one process: batch `index` of an epoch is the process's share of global batch
     index * world + rank, cut from the epoch's caption order."""
     split: FeatureSplit
-    source: PrefixSource | AugmentedPrefixes
+    source: Prefixes
     config: TrainConfig
     device: torch.device
 
