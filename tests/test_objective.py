@@ -112,7 +112,7 @@ def _ddp_process(rank: int, port: int, out: str) -> None:
 def test_two_gloo_processes_make_the_loss_of_one_process_on_the_whole_batch(tmp_path):
     out = str(tmp_path / "ddp")
     mp.spawn(_ddp_process, args=(_free_port(), out), nprocs=2)
-    processes = [torch.load(f"{out}.{rank}") for rank in range(2)]
+    processes = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
     for negatives in ("paired", "consistent"):
         whole_loss, whole_gradients = loss_and_gradients(tiny_model(), negatives, batch_of(tiny_model()))
         assert sum(p[negatives][0] for p in processes) / 2 == pytest.approx(whole_loss, abs=1e-5)
