@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import open_clip
+import torch
 import yaml
 from PIL import Image
 from safetensors.torch import save_file
@@ -70,7 +71,8 @@ def write_flickr30k(root: Path, seed: int = 0) -> tuple[Path, Path, list[str]]:
 
 
 def write_weights(path: Path) -> Path:
-    """Random ViT-B-16-quickgelu weights as a state-dict file, the form of a downloaded checkpoint."""
+    """Random ViT-B-16-quickgelu weights (seeded) as a state-dict file, the form of a downloaded checkpoint."""
+    torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)
     save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, str(path))
     return path
