@@ -2,7 +2,7 @@
 
     python bench/gpu_projection.py [--tflops 100] [--batch 16] [--pairs 40] [--images 16]
 
-Measures three units of work with random weights (their FLOPs counted by torch's FlopCounterMode, their time on
+Measures four units of work with random weights (their FLOPs counted by torch's FlopCounterMode, their time on
 this CPU): featurizing an image (the frozen image tower) and a caption (the frozen text tower, on the caption and
 its K state sentences), one training step of params.yaml's objective, and re-ranking a pair. The presets' work
 is then counted from the Karpathy splits' sizes and params.yaml (epochs, batch, k = 20, validation every epoch)
@@ -65,8 +65,9 @@ def units(params: dict, batch: int, pairs: int, images: int) -> dict[str, tuple[
     size, embed, slots = visual.image_size[0], visual.output_dim, params["llm"]["max_triplets"]
     context = model.clip.context_length
 
-    def knowledge(rows: int) -> Knowledge:
-        return Knowledge(mask=torch.ones(rows, slots, dtype=torch.bool),
+    def knowledge(rows: int) -> Knowledge:  # 1..K triplets per caption: the padding mask is part of the cost
+        counts = torch.randint(1, slots + 1, (rows,))
+        return Knowledge(mask=torch.arange(slots)[None] < counts[:, None],
                          slot_tokens=torch.randint(1, 49000, (rows, slots, 3, params["featurize"]["slot_tokens"])),
                          states=F.normalize(torch.randn(rows, slots, embed), dim=-1))
 

@@ -51,7 +51,9 @@ def one_step(model_name: str, injection_layer: int, negatives: str, anchors: int
     size, embed = model.clip.visual.image_size[0], model.clip.visual.output_dim
 
     def batch(b: int) -> Batch:
-        knowledge = Knowledge(mask=torch.ones(b, max_triplets, dtype=torch.bool),
+        # 1..K triplets per caption, as LLM answers have them: the padding mask is part of the cost.
+        counts = torch.randint(1, max_triplets + 1, (b,))
+        knowledge = Knowledge(mask=torch.arange(max_triplets)[None] < counts[:, None],
                               slot_tokens=torch.randint(1, 49000, (b, max_triplets, 3, 8)),
                               states=F.normalize(torch.randn(b, max_triplets, embed), dim=-1))
         with torch.no_grad():
