@@ -98,8 +98,8 @@ def experiment_name(preset: str, base: str | None) -> str:
     return f"ablation-{preset}{f'--{base}' if base else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run(names: list[str], base: str | None = None, project_dir: Path = pipeline.PROJECT_DIR) -> None:
-    known = presets(project_dir)
+def run(names: list[str], known: dict[str, Preset], base: str | None = None,
+        project_dir: Path = pipeline.PROJECT_DIR) -> None:
     for name in names:
         print(f"== {name}{f' on {base}' if base else ''}: {known[name].description}", flush=True)
         overrides = overrides_of([base, name] if base else [name], known)
@@ -108,12 +108,11 @@ def run(names: list[str], base: str | None = None, project_dir: Path = pipeline.
                            isolated=True)
 
 
-def apply(name: str, project_dir: Path = pipeline.PROJECT_DIR) -> None:
+def apply(name: str, known: dict[str, Preset], project_dir: Path = pipeline.PROJECT_DIR) -> None:
     """The preset as an experiment in the workspace: its values stay in params.yaml, its results in place."""
-    known = presets(project_dir)
+    overrides = overrides_of([name], known)
     print(f"== {name}: {known[name].description}", flush=True)
-    pipeline.reproduce("evaluate", overrides_of([name], known), project_dir,
-                       experiment_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    pipeline.reproduce("evaluate", overrides, project_dir, experiment_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def latest_results(base: str | None = None, project_dir: Path = pipeline.PROJECT_DIR) -> dict[str, dict[str, Any]]:
@@ -181,12 +180,11 @@ def main() -> None:
         elif args.command == "flags":
             print(flags(overrides_of([args.base, args.name] if args.base else [args.name], known)))
         elif args.command == "apply":
-            overrides_of([args.name], known)
-            apply(args.name)
+            apply(args.name, known)
         elif args.command == "run":
             names = args.names or ablations(known)
-            overrides_of(names + ([args.base] if args.base else []), known)
-            run(names, args.base)
+            overrides_of(names + ([args.base] if args.base else []), known)  # every name known before any run
+            run(names, known, args.base)
         else:
             results = latest_results(args.base)
             print(json.dumps(results, indent=2) if args.json else table(results, ablations(known), args.base))
