@@ -6,13 +6,15 @@ from prefect import flow
 from flows.common import main, run_stage
 from tasks import validate as stage
 from tasks.config import from_params
-from tasks.knowledge.config import LLMConfig
+from tasks.knowledge.config import KnowledgeConfig, LLMConfig
 
 
 @flow(name="validate")
 def validate(params_file: str = "params.yaml"):
-    """Raw LLM answers -> knowledge.parquet, rejects.parquet and reports/knowledge.json."""
-    return run_stage(lambda params: stage.run(from_params(LLMConfig, params)), params_file, lambda summary: (
+    """Raw LLM answers (or, knowledge.source: truth, the demo's true triplets) -> knowledge.parquet,
+    rejects.parquet and reports/knowledge.json."""
+    return run_stage(lambda params: stage.run(from_params(LLMConfig, params),
+                                              from_params(KnowledgeConfig, params).source), params_file, lambda summary: (
         f"knowledge for {summary['captions']} captions: {summary['status']}; {summary['rejects']} rejects"))
 
 

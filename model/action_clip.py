@@ -146,7 +146,14 @@ class ActionAwareCLIP(nn.Module):
         return self.triplet_encoder(self._with_null(triplets, self.null_triplet, empty), mask)
 
     def knowledge_tokens(self, knowledge: Knowledge, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, W) tokens to append at layer l and their (B, T) validity; T = K (AIM) or 2K (concat)."""
+        """(B, T, W) tokens to append at layer l and their (B, T) validity; T = K (AIM) or 2K (concat), 1 for
+        the caption prompt."""
+        if self.config.use_caption:
+            if knowledge.caption is None:
+                raise ValueError("caption prompts need knowledge.caption")
+            caption = self.adapter(knowledge.caption.float()[:, None])
+            mask = torch.ones(caption.shape[:2], dtype=torch.bool, device=caption.device)
+            return (caption if self.interaction is None else self.interaction([caption], patches, mask)), mask
         mask = knowledge.mask.bool()
         if mask.shape[1] == 0:  # no triplet slot at all: room for the null prompt
             mask = torch.zeros(mask.shape[0], 1, dtype=torch.bool, device=mask.device)

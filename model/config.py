@@ -32,7 +32,15 @@ class PromptConfig:
                                         # template: frozen features of a hand-crafted sentence (paper, table 2)
     fusion: str = field(metadata={"choices": FUSIONS})  # aim: adaptive interaction | concat: prompts as they are
     init_std: float = field(metadata={"above": 0.0})
+    use_caption: bool = False  # the caption's own g(t) as the one prompt instead of knowledge (TOMML's text-guided
+                               # tuning, a baseline); excludes use_triplets and use_states
+
+    def __post_init__(self) -> None:
+        if self.use_caption and (self.use_triplets or self.use_states):
+            raise ValueError("prompt.use_caption replaces the knowledge prompts: set use_triplets and use_states "
+                             "to false")
 
     @property
     def uses_knowledge(self) -> bool:
-        return self.use_triplets or self.use_states
+        """Whether a caption-dependent prompt stream reaches the image tower."""
+        return self.use_triplets or self.use_states or self.use_caption

@@ -16,11 +16,14 @@ from typing import Any
 import pandas as pd
 
 from tasks import paths, schemas
+from tasks.config import InputDataError
+from tasks.ingest.demo import true_state
 from tasks.knowledge import rules
 from tasks.knowledge.config import LLMConfig
 from tasks.knowledge.prompts import Prompts, caption_key, same_text, triplet_key
 from tasks.knowledge.store import RawStore
 
+TRUTH = "truth"  # the model and prompt version of knowledge taken from the demo generator
 NO_ANSWER = "no answer in the knowledge cache (beyond llm.limit, or the knowledge stage failed for it)"
 
 
@@ -107,6 +110,27 @@ def build(captions: pd.DataFrame, records: dict[str, dict[str, Any]], config: LL
     return knowledge, rejected, per_caption
 
 
+def from_truth(captions: pd.DataFrame, truth: pd.DataFrame, max_triplets: int, truth_path: Path
+               ) -> tuple[pd.DataFrame, pd.DataFrame, list[CaptionKnowledge]]:
+    """Knowledge as an ideal LLM would give it: each caption's true triplets (the action first, at most
+    max_triplets) with the states their pictures show. Only the demo generator knows them."""
+    true_by_id = dict(zip(truth["caption_id"], truth["triplets"], strict=True))
+    missing = [caption_id for caption_id in captions["caption_id"] if caption_id not in true_by_id]
+    if missing:
+        raise InputDataError(f"{truth_path}: no true triplets for {len(missing)} of {len(captions)} captions "
+                             f"(first: {missing[0]}); knowledge.source: truth works on the demo data only "
+                             "(data.source: demo)")
+    rows, per_caption = [], []
+    for caption_id, caption in zip(captions["caption_id"], captions["caption"], strict=True):
+        triplets = [dict(t) for t in true_by_id[caption_id][:max_triplets]]
+        rows.append({"caption_id": caption_id, "caption": caption, "triplets": triplets,
+                     "states": [true_state(t) for t in triplets], "status": "ok", "model": TRUTH,
+                     "prompt_version": TRUTH, "attempts": 0})
+        per_caption.append(CaptionKnowledge(status="ok"))
+    return (pd.DataFrame(rows, columns=schemas.KNOWLEDGE.names), pd.DataFrame(columns=schemas.REJECTS.names),
+            per_caption)
+
+
 def _head(slot: str) -> str:
     return rules.stem(slot.split()[-1])
 
@@ -161,18 +185,23 @@ def report(knowledge: pd.DataFrame, rejected: pd.DataFrame, per_caption: list[Ca
     }
 
 
-def run(config: LLMConfig, captions_path: Path = paths.CAPTIONS, raw_dir: Path = paths.KNOWLEDGE_RAW,
-        truth_path: Path = paths.TRUE_TRIPLETS, run_report_path: Path = paths.KNOWLEDGE_RUN_REPORT,
-        knowledge_path: Path = paths.KNOWLEDGE, rejects_path: Path = paths.REJECTS,
-        report_path: Path = paths.KNOWLEDGE_REPORT) -> dict[str, Any]:
-    """The whole stage without Prefect."""
+def run(config: LLMConfig, source: str = "llm", captions_path: Path = paths.CAPTIONS,
+        raw_dir: Path = paths.KNOWLEDGE_RAW, truth_path: Path = paths.TRUE_TRIPLETS,
+        run_report_path: Path = paths.KNOWLEDGE_RUN_REPORT, knowledge_path: Path = paths.KNOWLEDGE,
+        rejects_path: Path = paths.REJECTS, report_path: Path = paths.KNOWLEDGE_REPORT) -> dict[str, Any]:
+    """The whole stage without Prefect; `source` is knowledge.source (llm | truth)."""
     captions = schemas.read(captions_path, schemas.CAPTIONS)
-    prompts = Prompts.load(config)
-    knowledge, rejected, per_caption = build(captions, RawStore(raw_dir).load(), config, prompts)
+    truth = schemas.read(truth_path, schemas.TRUE_TRIPLETS) if truth_path.exists() else None
+    if source == TRUTH:
+        knowledge, rejected, per_caption = from_truth(
+            captions, truth if truth is not None else pd.DataFrame(columns=schemas.TRUE_TRIPLETS.names),
+            config.max_triplets, truth_path)
+        run_report = None
+    else:
+        knowledge, rejected, per_caption = build(captions, RawStore(raw_dir).load(), config, Prompts.load(config))
+        run_report = json.loads(run_report_path.read_text()) if run_report_path.exists() else None
     if not knowledge["caption_id"].equals(captions["caption_id"]):  # the invariant the model stages rely on
         raise AssertionError("knowledge.parquet must hold every caption_id exactly once, in captions order")
-    truth = schemas.read(truth_path, schemas.TRUE_TRIPLETS) if truth_path.exists() else None
-    run_report = json.loads(run_report_path.read_text()) if run_report_path.exists() else None
     summary = report(knowledge, rejected, per_caption, truth, run_report)
     schemas.write(knowledge, schemas.KNOWLEDGE, knowledge_path)
     schemas.write(rejected, schemas.REJECTS, rejects_path)

@@ -1,7 +1,7 @@
 """Stage `evaluate`: zero-shot top-k preselection vs action-aware re-ranking on one split, side by side.
 
 Writes metrics/eval.json ({"zero_shot": {...}, "reranked": {...}} with R@1/5/10 both directions and Rsum, as
-docs/evaluation.md describes; and how much the knowledge moves the score), plots/ for `dvc plots show`, and
+docs/evaluation.md describes; how much the knowledge moves the score; on the demo, R@1 within twin groups), plots/ for `dvc plots show`, and
 reports/retrieval.html (tasks/evaluate/report.py).
 """
 from __future__ import annotations
@@ -18,9 +18,10 @@ from tasks import paths, schemas
 from tasks.backbone import resolve_device
 from tasks.config import checked, from_params, write_json
 from tasks.evaluate.report import correct_ranks, write_report
+from tasks.evaluate.twins import twin_groups, twin_view
 from tasks.rerank.features import FeatureSplit
 from tasks.rerank.prefixes import PrefixSource
-from tasks.rerank.scores import Reranked, knowledge_effect, rerank
+from tasks.rerank.scores import Reranked, knowledge_effect, rerank, score_pairs
 from tasks.retrieval import recalls
 from tasks.train.model_files import load_model
 
@@ -54,11 +55,16 @@ def run(params: dict[str, Any], features_dir: Path = paths.FEATURES, knowledge_p
     sensitivity = knowledge_effect(model, source, split, config.batch_size, device, config.seed)
     zero_shot = recalls(np.asarray(split.topk_i2t), np.asarray(split.topk_t2i), split.image_row)
     after = recalls(reranked.i2t, reranked.t2i, split.image_row)
+    groups = twin_groups(split.images["image_id"].tolist())
+    twins = None if groups is None else twin_view(
+        groups, split.image_row, split.image, split.text,
+        lambda images, captions: score_pairs(model, source, split, images, captions, config.batch_size, device,
+                                             progress=False))
     result = {"split": config.split, "images": len(split.images), "captions": len(split.captions),
               "top_k": int(split.topk_i2t.shape[1]), "model": config.model, "zero_shot": zero_shot, "reranked": after,
               "gain": {name: round(after[name] - zero_shot[name], 2) for name in after
                        if after[name] is not None and zero_shot[name] is not None},
-              "knowledge_effect": sensitivity, "pairs_scored": reranked.pairs, "seconds": round(seconds, 2),
+              "knowledge_effect": sensitivity, "twin_view": twins, "pairs_scored": reranked.pairs, "seconds": round(seconds, 2),
               "prefix_seconds": round(prefix_seconds, 2), "device": str(device)}
     write_json(paths.EVAL_METRICS, result)
     _write_plots(split, reranked, zero_shot, after)

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from tasks.config import ParamError, checked
 
 BACKENDS = ("transformers", "openai")
+SOURCES = ("llm", "truth")
 
 
 @dataclass(frozen=True)
@@ -47,3 +48,12 @@ class LLMConfig:
             raise ParamError("base_urls", "at least one server URL is needed for backend openai")
         return self
 
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    """`knowledge`: where the validate stage takes the knowledge from."""
+
+    SECTION: ClassVar[str] = "knowledge"
+
+    source: str = checked(choices=SOURCES)  # llm: the LLM's answers | truth: the demo generator's (an upper bound)

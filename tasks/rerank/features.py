@@ -55,7 +55,8 @@ class FeatureSplit:
         return Knowledge(mask=torch.from_numpy(self.triplet_mask[rows]).to(device),
                          slot_tokens=torch.from_numpy(self.slot_tokens[rows].astype(np.int64)).to(device),
                          states=torch.from_numpy(self.states[rows].astype(np.float32)).to(device),
-                         templates=torch.from_numpy(self.templates[rows].astype(np.float32)).to(device))
+                         templates=torch.from_numpy(self.templates[rows].astype(np.float32)).to(device),
+                         caption=self.text_features(rows, device))
 
     def text_features(self, rows: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.from_numpy(self.text[np.asarray(rows)].astype(np.float32)).to(device)

@@ -23,6 +23,7 @@ from tasks.ingest.demo.scenes import (
     NO_CAST,
     NOUNS,
     SPLITS,
+    true_state,
     twin_group_index,
 )
 
@@ -34,5 +35,6 @@ __all__ = [
     "NO_CAST",
     "SPLITS",
     "generate_demo",
+    "true_state",
     "twin_group_index",
 ]

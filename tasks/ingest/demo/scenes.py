@@ -45,6 +45,20 @@ ACTIONS: dict[str, tuple[VerbForms, ...]] = {
                 VerbForms("stares at", "staring at", "stared at")),
 }
 
+# What the drawing shows of each action (tasks/ingest/demo/drawing.py): the demo's true action states, the
+# knowledge an ideal LLM would give (knowledge.source: truth).
+ACTION_STATES: dict[str, str] = {
+    "chase": "the {subject} runs behind the {object} with speed lines, both facing the same way",
+    "push": "the {subject} presses a straight arm against the {object}, which leans away",
+    "jump over": "the {subject} is in the air above the {object}, a dotted arc from take-off to landing",
+    "hold": "the {subject} stands and carries a smaller {object} at arm's length",
+    "kick": "the {subject} swings a leg into the {object} with a burst where they meet",
+    "ride": "the {subject} sits astride on the back of the {object}",
+    "throw to": "the {subject} throws a ball along a curved path to the {object}",
+    "look at": "the {subject} looks at the {object} with a big eye and a sight line",
+}
+ATTRIBUTE_STATE = "the {subject} is drawn {object}"
+
 # name -> (format, whether "the" may replace "a")
 TEMPLATES: dict[str, tuple[str, bool]] = {
     "active": ("{agent} {present} {patient}", True),
@@ -158,3 +172,9 @@ def caption(scene: Scene, plan: CaptionPlan) -> tuple[str, list[dict[str, str]]]
             triplets.append({"subject": actor.noun, "action": "is", "object": actor.colour})
     unique = list({tuple(t.values()): t for t in triplets}.values())  # "a small dog ... a small dog" twice
     return text, unique
+
+
+def true_state(triplet: dict[str, str]) -> str:
+    """The state description of one of `caption`'s true triplets: what its picture shows."""
+    template = ATTRIBUTE_STATE if triplet["action"] == "is" else ACTION_STATES[triplet["action"]]
+    return template.format(subject=triplet["subject"], object=triplet["object"])
