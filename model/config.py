@@ -37,8 +37,7 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         if self.use_caption and (self.use_triplets or self.use_states):
-            raise ValueError("prompt.use_caption replaces the knowledge prompts: set use_triplets and use_states "
-                             "to false")
+            raise ValueError("use_caption replaces the knowledge prompts: set use_triplets and use_states to false")
 
     @property
     def uses_knowledge(self) -> bool:

@@ -3,8 +3,9 @@
     python -m tasks.ablations list
     python -m tasks.ablations flags PRESET [--on BASE]     # the `dvc exp run -S ...` flags of a preset
     python -m tasks.ablations apply PRESET                 # run it in the workspace (`make demo`: demo-cpu)
-    python -m tasks.ablations run [PRESET ...] [--on BASE] # one isolated experiment each (default: every ablation)
-    python -m tasks.ablations table [--on BASE] [--json]   # re-ranked recalls of each preset's newest experiment
+    python -m tasks.ablations run PRESET... | --all [--on BASE]  # one isolated experiment each (--all: every ablation)
+    python -m tasks.ablations table [--on BASE] [--json]   # each preset's newest experiment; --json also writes
+                                                           # metrics/ablations.json and plots/ablations.csv
 
 A preset file holds a description and `set`, overrides of params.yaml by dotted key. `--on BASE` applies another
 preset first: `run table3-no-action-knowledge --on demo-cpu` is that ablation on the demo's CPU budget, `--on
@@ -24,16 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from tasks import pipeline
-from tasks.config import InputDataError, load_params
+from tasks.config import InputDataError, load_params, write_json
 
 PRESETS_DIR = Path("configs/experiments")
 # Runs of a whole data set or budget, the bases of ablations; every other preset is an ablation row.
 BASES = ("demo-cpu", "flickr30k-vit-b-16", "coco-vit-b-16")
 EXPERIMENT_NAME = re.compile(r"ablation-(?P<preset>[a-z0-9_-]+?)(?:--(?P<base>[a-z0-9_-]+?))?-(?P<stamp>\d{8}-\d{6})")
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+TWIN_METRICS = ("twin_i2t_r1", "twin_t2i_r1")  # R@1 within the demo's twin groups (tasks/evaluate/twins.py)
+ZERO_SHOT = "zero-shot"
+SUMMARY = Path("metrics/ablations.json")
+SUMMARY_PLOT = Path("plots/ablations.csv")
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,7 @@ def apply(name: str, known: dict[str, Preset], project_dir: Path = pipeline.PROJ
 
 
 def latest_results(base: str | None = None, project_dir: Path = pipeline.PROJECT_DIR) -> dict[str, dict[str, Any]]:
-    """metrics/eval.json of the newest experiment of each preset (run on `base`)."""
+    """metrics/eval.json of the newest experiment of each preset (run on `base`), with its name as "experiment"."""
     from dvc.repo import Repo
 
     newest: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -132,29 +138,67 @@ def latest_results(base: str | None = None, project_dir: Path = pipeline.PROJECT
                 preset, stamp = match["preset"], match["stamp"]
                 metrics = (state.data.metrics or {}).get("metrics/eval.json", {}).get("data")
                 if metrics and (preset not in newest or newest[preset][0] < stamp):
-                    newest[preset] = (stamp, metrics)
+                    newest[preset] = (stamp, {"experiment": experiment.name, **metrics})
     return {preset: metrics for preset, (_, metrics) in newest.items()}
 
 
 def ablations(known: dict[str, Preset]) -> list[str]:
-    return [name for name in known if name not in BASES]
+    """Every preset but the bases: `full`, the paper's table rows, then the rest by name."""
+    return sorted((name for name in known if name not in BASES),
+                  key=lambda name: (name != "full", not name.startswith("table"), name))
 
 
-def table(results: dict[str, dict[str, Any]], order: list[str], base: str | None = None) -> str:
-    header = f"{'preset':30s} {'':9s}" + "".join(f"{m:>8s}" for m in METRICS)
+def _row(recalls: dict[str, Any], twin: dict[str, Any] | None) -> dict[str, Any]:
+    return {**{m: recalls[m] for m in METRICS},
+            **{f"twin_{m}": twin[m] if twin else None for m in ("i2t_r1", "t2i_r1")}}
+
+
+def summary(results: dict[str, dict[str, Any]], order: list[str], known: dict[str, Preset],
+            base: str | None = None) -> dict[str, Any]:
+    """metrics/ablations.json: zero-shot, then each preset's re-ranked recalls, R@1 within twin groups and how
+    much the knowledge moves a score (mean change over the scores' spread), with the commands that made it."""
+    on = f" --on {base}" if base else ""
+    rows: dict[str, dict[str, Any]] = {}
+    reference = results.get("full") or next(iter(results.values()), None)
+    if reference:
+        twin = reference.get("twin_view")
+        rows[ZERO_SHOT] = _row(reference["zero_shot"], twin and twin["zero_shot"])
+    for name in (name for name in order if name in results):
+        result, effect = results[name], results[name]["knowledge_effect"]
+        twin = result.get("twin_view")
+        ratio = (round(effect["mean_abs_change"] / effect["score_std"], 3)
+                 if effect.get("mean_abs_change") is not None and effect.get("score_std") else None)
+        rows[name] = {**_row(result["reranked"], twin and twin["reranked"]), "knowledge_effect": ratio,
+                      "experiment": result["experiment"], "description": known[name].description}
+    return {"base": base, "commands": [f"python -m tasks.ablations run --all{on}",
+                                       f"python -m tasks.ablations table --json{on}"],
+            "rows": rows, "not_run": [name for name in order if name not in results]}
+
+
+def table(table_summary: dict[str, Any]) -> str:
+    """The summary as text: a row per preset, zero-shot first."""
+    columns = [(metric, metric, 8, 1) for metric in METRICS] + [
+        ("twin_i2t_r1", "twin i2t", 10, 1), ("twin_t2i_r1", "twin t2i", 10, 1), ("knowledge_effect", "knowl.", 8, 3)]
+    header = f"{'preset':32s}" + "".join(f"{title:>{width}s}" for _, title, width, _ in columns)
     lines = [header, "-" * len(header)]
-    zero_shot = next(iter(results.values()))["zero_shot"] if results else None
-    if zero_shot:
-        lines.append(f"{'zero-shot CLIP':30s} {'':9s}" + "".join(f"{zero_shot[m]:8.1f}" for m in METRICS))
-    for name in order:
-        if name in results:
-            reranked = results[name]["reranked"]
-            lines.append(f"{name:30s} {'re-ranked':9s}" + "".join(f"{reranked[m]:8.1f}" for m in METRICS))
-    missing = [name for name in order if name not in results]
-    if missing:
-        on = f" --on {base}" if base else ""
-        lines.append(f"(not run yet: {', '.join(missing)}; `python -m tasks.ablations run {' '.join(missing)}{on}`)")
+    for name, row in table_summary["rows"].items():
+        cells = ["-" if row.get(key) is None else f"{row[key]:.{digits}f}" for key, _, _, digits in columns]
+        lines.append(f"{name:32s}" + "".join(f"{cell:>{width}s}" for cell, (_, _, width, _) in zip(cells, columns)))
+    if table_summary["not_run"]:
+        on = f" --on {table_summary['base']}" if table_summary["base"] else ""
+        lines.append(f"(not run yet: {', '.join(table_summary['not_run'])}; "
+                     f"`python -m tasks.ablations run {' '.join(table_summary['not_run'])}{on}`)")
     return "\n".join(lines)
+
+
+def write_summary(table_summary: dict[str, Any], project_dir: Path = pipeline.PROJECT_DIR) -> None:
+    """metrics/ablations.json and plots/ablations.csv (`dvc plots show`: a bar per preset)."""
+    write_json(project_dir / SUMMARY, table_summary)
+    plot = pd.DataFrame([{"preset": name, "rsum": row["rsum"], "twin_r1": None if row["twin_i2t_r1"] is None
+                          else round((row["twin_i2t_r1"] + row["twin_t2i_r1"]) / 2, 2)}
+                         for name, row in table_summary["rows"].items()])
+    (project_dir / SUMMARY_PLOT).parent.mkdir(parents=True, exist_ok=True)
+    plot.to_csv(project_dir / SUMMARY_PLOT, index=False)
 
 
 def main() -> None:
@@ -166,9 +210,11 @@ def main() -> None:
     apply_parser = commands.add_parser("apply")
     apply_parser.add_argument("name")
     run_parser = commands.add_parser("run")
-    run_parser.add_argument("names", nargs="*", help="presets to run (default: every ablation)")
+    run_parser.add_argument("names", nargs="*", help="presets to run")
+    run_parser.add_argument("--all", action="store_true", help="every preset but the bases")
     table_parser = commands.add_parser("table")
-    table_parser.add_argument("--json", action="store_true", help="the newest results as JSON")
+    table_parser.add_argument("--json", action="store_true",
+                              help=f"print it as JSON and write {SUMMARY} and {SUMMARY_PLOT}")
     for sub in (flags_parser, run_parser, table_parser):
         sub.add_argument("--on", dest="base", help="a preset applied first (e.g. demo-cpu)")
     args = parser.parse_args()
@@ -182,12 +228,18 @@ def main() -> None:
         elif args.command == "apply":
             apply(args.name, known)
         elif args.command == "run":
-            names = args.names or ablations(known)
+            if bool(args.names) == args.all:
+                raise InputDataError("name the presets to run, or --all for every ablation")
+            names = ablations(known) if args.all else args.names
             overrides_of(names + ([args.base] if args.base else []), known)  # every name known before any run
             run(names, known, args.base)
         else:
-            results = latest_results(args.base)
-            print(json.dumps(results, indent=2) if args.json else table(results, ablations(known), args.base))
+            table_summary = summary(latest_results(args.base), ablations(known), known, args.base)
+            if args.json:
+                write_summary(table_summary)
+                print(json.dumps(table_summary, indent=2))
+            else:
+                print(table(table_summary))
     except InputDataError as error:
         raise SystemExit(f"error: {error}") from None
     sys.stdout.flush()

@@ -76,8 +76,12 @@ def _build(cls: type, values: Any, path: str) -> Any:
     if missing:
         raise ParamError(path, f"missing keys {missing} (params.yaml lists every setting)")
     hints = typing.get_type_hints(cls)
-    return cls(**{name: _value(hints[name], values[name], field.metadata, f"{path}.{name}")
-                  for name, field in fields.items()})
+    checked_values = {name: _value(hints[name], values[name], field.metadata, f"{path}.{name}")
+                      for name, field in fields.items()}
+    try:
+        return cls(**checked_values)
+    except ValueError as exc:  # a rule across the section's fields (the class's __post_init__)
+        raise ParamError(path, str(exc)) from None
 
 
 def _value(hint: Any, value: Any, rules: Mapping[str, Any], path: str) -> Any:

@@ -452,3 +452,33 @@ def test_a_run_killed_mid_chain_resumes_every_chain_at_its_next_attempt(tmp_path
     pd.testing.assert_frame_equal(knowledge_rows["clean"], knowledge_rows["killed"])
     assert set(knowledge_rows["clean"]["status"]) == {"ok"} and knowledge_rows["clean"]["attempts"].tolist() == \
         [3 - i % 3 for i in range(300)]
+
+
+def test_the_truth_knowledge_preset_gives_every_demo_caption_its_true_triplets_and_states(tmp_path):
+    from tasks.ablations import applied, overrides_of, presets
+    from tasks.ingest.demo import generate_demo
+    from tasks.knowledge.config import KnowledgeConfig
+
+    params = applied(params_with(), overrides_of(["truth-knowledge"], presets()))
+    source = from_params(KnowledgeConfig, params).source
+    captions, truth = generate_demo(tmp_path / "images", 8, 48, 0, {"train": 0.5, "val": 0.25, "test": 0.25})
+    schemas.write(truth, schemas.TRUE_TRIPLETS, tmp_path / "truth.parquet")
+    schemas.write(captions, schemas.CAPTIONS, tmp_path / "captions.parquet")
+    config = from_params(LLMConfig, params)
+    files = {"captions_path": tmp_path / "captions.parquet", "raw_dir": tmp_path / "no-llm-answers",
+             "truth_path": tmp_path / "truth.parquet", "run_report_path": tmp_path / "run.json",
+             "knowledge_path": tmp_path / "k.parquet", "rejects_path": tmp_path / "r.parquet",
+             "report_path": tmp_path / "k.json"}
+    summary = validate.run(config, source, **files)
+    knowledge = schemas.read(tmp_path / "k.parquet", schemas.KNOWLEDGE)
+    assert knowledge["caption_id"].tolist() == captions["caption_id"].tolist()
+    assert set(knowledge["status"]) == {"ok"} and set(knowledge["model"]) == {"truth"}
+    for triplets, states, true in zip(knowledge["triplets"], knowledge["states"], truth["triplets"]):
+        assert [dict(t) for t in triplets] == [dict(t) for t in true[:config.max_triplets]]
+        assert len(states) == len(triplets) and all(f"the {t['subject']} " in s for t, s in zip(triplets, states))
+    assert summary["demo_triplets"]["precision"] == 1.0 and summary["demo_triplets"]["main_action_recall"] == 1.0
+    assert summary["rejects"] == 0
+    # A caption beyond the generator's (any real data set) is a one-line error naming the file.
+    schemas.write(truth.iloc[:-1], schemas.TRUE_TRIPLETS, tmp_path / "truth.parquet")
+    with pytest.raises(InputDataError, match=r"truth\.parquet: no true triplets for 1 of 40 captions .*data\.source: demo"):
+        validate.run(config, source, **files)

@@ -43,7 +43,8 @@ def random_knowledge(counts: list[int], max_triplets: int = 4, embed: int = EMBE
     slot_tokens[..., 4:] = 0  # slots of different lengths
     return Knowledge(mask=mask, slot_tokens=slot_tokens,
                      states=F.normalize(torch.randn(batch, max_triplets, embed, generator=generator), dim=-1),
-                     templates=F.normalize(torch.randn(batch, max_triplets, embed, generator=generator), dim=-1))
+                     templates=F.normalize(torch.randn(batch, max_triplets, embed, generator=generator), dim=-1),
+                     caption=F.normalize(torch.randn(batch, embed, generator=generator), dim=-1))
 
 
 def images(batch: int, size: int = 32, seed: int = 2) -> torch.Tensor:
@@ -221,6 +222,27 @@ def test_prompt_settings_that_do_not_fit_the_backbone_are_one_line(prompt, messa
         ActionAwareCLIP(clip, PromptConfig(**prompt_settings(**prompt)))
     with pytest.raises(InputDataError, match=message):
         prompt_model(clip, from_params(PromptConfig, params_with(prompt=prompt)))
+
+
+@pytest.mark.parametrize("fusion", ["aim", "concat"])
+def test_caption_prompts_condition_the_image_on_the_captions_text_feature_only(fusion):
+    """TOMML's text-guided baseline: one prompt from g(t), whatever the triplets and states say."""
+    model = tiny_model(use_triplets=False, use_states=False, use_caption=True, fusion=fusion)
+    knowledge = random_knowledge([2, 0, 4])
+    other_knowledge = random_knowledge([1, 3, 0], seed=7)
+    same_caption = Knowledge(other_knowledge.mask, other_knowledge.slot_tokens, other_knowledge.states,
+                             other_knowledge.templates, knowledge.caption)
+    features = model.encode_image(images(3), knowledge)
+    assert torch.allclose(features, model.encode_image(images(3), same_caption), atol=1e-6)
+    assert not torch.allclose(features, model.encode_image(images(3), other_knowledge), atol=1e-4)
+    assert model.triplet_encoder is None and model.null_triplet is None and model.null_state is None
+    with pytest.raises(ValueError, match="knowledge.caption"):
+        model.encode_image(images(1), Knowledge(knowledge.mask[:1], states=knowledge.states[:1]))
+
+
+def test_caption_prompts_replace_the_knowledge_prompts():
+    with pytest.raises(InputDataError, match=r"^params\.yaml: prompt: use_caption replaces the knowledge prompts"):
+        from_params(PromptConfig, params_with(prompt={"use_caption": True}))
 
 
 def test_missing_knowledge_parts_are_named():

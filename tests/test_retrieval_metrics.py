@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tasks.evaluate.twins import group_pairs, twin_groups, twin_view
 from tasks.rerank.scores import reorder
 from tasks.retrieval import recalls, top_k
 
@@ -64,3 +65,41 @@ def test_recall_matches_brute_force_with_ties(seed):
 def test_ties_keep_the_zero_shot_order():
     candidates = np.array([[7, 3, 9, 1]])
     assert reorder(candidates, np.array([[0.5, 0.9, 0.5, 0.9]])).tolist() == [[3, 1, 7, 9]]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_twin_view_matches_brute_force_within_each_group(seed):
+    """R@1 with each query's candidates cut to its own twin group, against plain loops over a whole score table."""
+    rng = np.random.default_rng(seed)
+    image_ids = [f"demo_{i:05d}" for i in (0, 1, 2, 3, 8, 9, 10, 11, 20, 21, 22, 23)]  # groups 0, 2, 5
+    groups = twin_groups(image_ids)
+    assert groups.tolist() == [0] * 4 + [2] * 4 + [5] * 4
+    image_of = np.repeat(np.arange(len(image_ids)), 5)
+    image_features = (rng.integers(-2, 3, (len(image_ids), 8)) / 4).astype(np.float16)
+    text_features = (rng.integers(-2, 3, (len(image_of), 8)) / 4).astype(np.float16)
+    rerank_table = rng.integers(0, 3, (len(image_ids), len(image_of))).astype(np.float32)  # many ties
+
+    def brute_force(table):
+        i2t = [image_of[max((c for c in range(len(image_of)) if groups[image_of[c]] == groups[i]),
+                            key=lambda c: (table[i, c], -c))] == i for i in range(len(image_ids))]
+        t2i = [max((i for i in range(len(image_ids)) if groups[i] == groups[image_of[c]]),
+                   key=lambda i: (table[i, c], -i)) == image_of[c] for c in range(len(image_of))]
+        return {"i2t_r1": round(100 * np.mean(i2t), 2), "t2i_r1": round(100 * np.mean(t2i), 2)}
+
+    zero_shot_table = image_features.astype(np.float32) @ text_features.astype(np.float32).T
+    asked = []
+    view = twin_view(groups, image_of, image_features, text_features,
+                     lambda images, captions: asked.append((images, captions)) or rerank_table[images, captions])
+    assert view["zero_shot"] == brute_force(zero_shot_table)
+    assert view["reranked"] == brute_force(rerank_table)
+    images, captions = asked[0]
+    assert view["groups"] == 3 and view["pairs"] == len(images) == 3 * 4 * 20  # every pair within a group, once
+    assert (groups[images] == groups[image_of[captions]]).all()
+    assert len(set(zip(images.tolist(), captions.tolist()))) == len(images)
+
+
+def test_twin_view_is_the_demos_only():
+    assert twin_groups(["demo_00004", "1000092795.jpg"]) is None
+    assert twin_groups([]) is None
+    images, captions = group_pairs(np.array([0, 0]), np.array([0, 1, 1]))
+    assert images.tolist() == [0, 0, 0, 1, 1, 1] and captions.tolist() == [0, 1, 2, 0, 1, 2]
