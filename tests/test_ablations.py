@@ -1,11 +1,13 @@
 """Presets: every override names a real parameter with a valid value, the flags DVC takes, and the table."""
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -93,12 +95,41 @@ def test_experiment_names_carry_preset_base_and_time():
     assert EXPERIMENT_NAME.fullmatch("ablation-full") is None
 
 
-def test_table_lists_zero_shot_then_presets_in_order_and_what_is_missing():
-    def result(base: float) -> dict:
-        return {"zero_shot": {m: 10.0 for m in METRICS}, "reranked": {m: base for m in METRICS}}
+def test_summary_lists_zero_shot_then_presets_in_order_and_what_is_missing(tmp_path):
+    def result(base: float, twin: float | None) -> dict:
+        return {"experiment": f"ablation-x-{base}", "zero_shot": {m: 10.0 for m in METRICS},
+                "reranked": {m: base for m in METRICS},
+                "twin_view": None if twin is None else {"zero_shot": {"i2t_r1": 25.0, "t2i_r1": 26.0},
+                                                        "reranked": {"i2t_r1": twin, "t2i_r1": twin + 2}},
+                "knowledge_effect": {"pairs": 10, "mean_abs_change": base / 400, "score_std": 0.1}}
     order = ["full", "table2-state", "table5-one-stage"]
-    lines = ablations.table({"table5-one-stage": result(30.0), "full": result(40.0)}, order, "demo-cpu").splitlines()
-    assert lines[2].startswith("zero-shot CLIP")
-    assert lines[3].startswith("full") and lines[3].rstrip().endswith("40.0")
-    assert lines[4].startswith("table5-one-stage")
+    summary = ablations.summary({"table5-one-stage": result(30.0, None), "full": result(40.0, 50.0)}, order, KNOWN,
+                                "demo-cpu")
+    assert list(summary["rows"]) == ["zero-shot", "full", "table5-one-stage"]
+    assert summary["rows"]["zero-shot"]["twin_t2i_r1"] == 26.0 and summary["rows"]["zero-shot"]["rsum"] == 10.0
+    assert summary["rows"]["full"]["twin_t2i_r1"] == 52.0 and summary["rows"]["full"]["knowledge_effect"] == 1.0
+    assert summary["rows"]["table5-one-stage"]["twin_i2t_r1"] is None
+    assert summary["rows"]["full"]["experiment"] == "ablation-x-40.0"
+    assert summary["not_run"] == ["table2-state"]
+    assert summary["commands"] == ["python -m tasks.ablations run --all --on demo-cpu",
+                                   "python -m tasks.ablations table --json --on demo-cpu"]
+    lines = ablations.table(summary).splitlines()
+    assert lines[2].split()[0] == "zero-shot" and lines[2].split()[-3:] == ["25.0", "26.0", "-"]
+    assert lines[3].split()[0] == "full" and lines[3].split()[-4:] == ["40.0", "50.0", "52.0", "1.000"]
     assert lines[-1] == "(not run yet: table2-state; `python -m tasks.ablations run table2-state --on demo-cpu`)"
+    ablations.write_summary(summary, tmp_path)
+    assert json.loads((tmp_path / "metrics/ablations.json").read_text()) == summary
+    plot = pd.read_csv(tmp_path / "plots/ablations.csv")
+    assert plot["preset"].tolist() == ["zero-shot", "full", "table5-one-stage"]
+    assert plot["twin_r1"].tolist()[:2] == [25.5, 51.0] and plot["rsum"].tolist() == [10.0, 40.0, 30.0]
+
+
+def test_all_runs_the_paper_rows_first_and_run_needs_names_or_all():
+    order = ablations.ablations(KNOWN)
+    assert order[0] == "full" and not set(order) & set(BASES)
+    tables = [i for i, name in enumerate(order) if name.startswith("table")]
+    assert tables == list(range(1, len(tables) + 1))
+    assert {"tomml-text-guided", "truth-knowledge"} <= set(order)
+    refused = subprocess.run([sys.executable, "-m", "tasks.ablations", "run"], cwd=REPO_ROOT, capture_output=True,
+                             text=True)
+    assert refused.returncode != 0 and "--all" in refused.stderr

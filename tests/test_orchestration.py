@@ -140,9 +140,16 @@ def test_dvc_repro_is_idempotent_and_reruns_ingest_on_a_data_param(prefect_api_u
     (states_only,) = [p for name, p in experiments.items() if "table2-state" in name]
     assert not no_knowledge["use_triplets"] and not no_knowledge["use_states"]
     assert not states_only["use_triplets"] and states_only["use_states"] and states_only["n_visual_prompts"] == 0
-    table = run([sys.executable, "-m", "tasks.ablations", "table"], project, prefect_api_url)
-    rows = {words[0]: words[1] for words in map(str.split, table.stdout.splitlines()) if len(words) > 1}
-    assert rows.get("table3-no-action-knowledge") == rows.get("table2-state") == "re-ranked"
+    table = run([sys.executable, "-m", "tasks.ablations", "table", "--json"], project, prefect_api_url)
+    assert table.returncode == 0, table.stderr[-3000:]
+    summary = json.loads((project / "metrics/ablations.json").read_text())
+    assert list(summary["rows"])[:1] == ["zero-shot"]
+    for name in ("table3-no-action-knowledge", "table2-state"):
+        row = summary["rows"][name]
+        assert name in row["experiment"] and row["rsum"] is not None and row["twin_i2t_r1"] is not None
+    assert summary["rows"]["table3-no-action-knowledge"]["knowledge_effect"] == 0.0  # no knowledge to swap
+    bars = run(["dvc", "plots", "show", "--json"], project, prefect_api_url)
+    assert '"plots/ablations.csv"' in bars.stdout and "table2-state" in bars.stdout
 
     # Same captions come out of ingest, so nothing downstream runs again.
     write_params(project, llm_url, min_image_side=16)
