@@ -13,8 +13,10 @@ from tasks.knowledge.config import KnowledgeConfig, LLMConfig
 def validate(params_file: str = "params.yaml"):
     """Raw LLM answers (or, knowledge.source: truth, the demo's true triplets) -> knowledge.parquet,
     rejects.parquet and reports/knowledge.json."""
-    return run_stage(lambda params: stage.run(from_params(LLMConfig, params),
-                                              from_params(KnowledgeConfig, params).source), params_file, lambda summary: (
+    def run(params: dict) -> dict:
+        return stage.run(from_params(LLMConfig, params), from_params(KnowledgeConfig, params).source)
+
+    return run_stage(run, params_file, lambda summary: (
         f"knowledge for {summary['captions']} captions: {summary['status']}; {summary['rejects']} rejects"))
 
 

@@ -1,8 +1,8 @@
 """Stage `evaluate`: zero-shot top-k preselection vs action-aware re-ranking on one split, side by side.
 
 Writes metrics/eval.json ({"zero_shot": {...}, "reranked": {...}} with R@1/5/10 both directions and Rsum, as
-docs/evaluation.md describes; how much the knowledge moves the score; on the demo, R@1 within twin groups), plots/ for `dvc plots show`, and
-reports/retrieval.html (tasks/evaluate/report.py).
+docs/evaluation.md describes; how much the knowledge moves the score; on the demo, R@1 within twin groups),
+plots/ for `dvc plots show`, and reports/retrieval.html (tasks/evaluate/report.py).
 """
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ def run(params: dict[str, Any], features_dir: Path = paths.FEATURES, knowledge_p
               "top_k": int(split.topk_i2t.shape[1]), "model": config.model, "zero_shot": zero_shot, "reranked": after,
               "gain": {name: round(after[name] - zero_shot[name], 2) for name in after
                        if after[name] is not None and zero_shot[name] is not None},
-              "knowledge_effect": sensitivity, "twin_view": twins, "pairs_scored": reranked.pairs, "seconds": round(seconds, 2),
-              "prefix_seconds": round(prefix_seconds, 2), "device": str(device)}
+              "knowledge_effect": sensitivity, "twin_view": twins, "pairs_scored": reranked.pairs,
+              "seconds": round(seconds, 2), "prefix_seconds": round(prefix_seconds, 2), "device": str(device)}
     write_json(paths.EVAL_METRICS, result)
     _write_plots(split, reranked, zero_shot, after)
     knowledge = schemas.read(knowledge_path, schemas.KNOWLEDGE).set_index("caption_id")

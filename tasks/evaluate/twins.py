@@ -25,25 +25,20 @@ def twin_groups(image_ids: Sequence[str]) -> np.ndarray | None:
 
 
 def group_pairs(groups: np.ndarray, image_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(image rows, caption rows) of every image-caption pair within one twin group, ordered by image."""
-    caption_group = groups[image_row]
-    pairs = [(image, caption) for image in range(len(groups))
-             for caption in np.flatnonzero(caption_group == groups[image])]
-    images, captions = (np.array(column, dtype=np.int64) for column in zip(*pairs)) if pairs else ([], [])
-    return np.asarray(images, dtype=np.int64), np.asarray(captions, dtype=np.int64)
+    """(image rows, caption rows) of every image-caption pair within one twin group, ordered by image. The
+    (images, captions) tables here are dense: the demo's splits are small."""
+    images, captions = np.nonzero(groups[:, None] == groups[image_row][None, :])
+    return images.astype(np.int64), captions.astype(np.int64)
 
 
 def within_group_r1(groups: np.ndarray, image_row: np.ndarray, pair_images: np.ndarray, pair_captions: np.ndarray,
                     scores: np.ndarray) -> dict[str, float]:
     """R@1 in percent of each direction with candidates restricted to the query's twin group; `scores` are those
-    of group_pairs' pairs. Equal scores go to the lower row, as the candidate lists break ties. The (images,
-    captions) table is dense: the demo's splits are small."""
-    table = np.full((len(groups), len(image_row)), -np.inf)
+    of group_pairs' pairs. Equal scores go to the lower row, as the candidate lists break ties."""
+    table = np.full((len(groups), len(image_row)), -np.inf)  # pairs across groups are never candidates
     table[pair_images, pair_captions] = scores
-    in_group = groups[:, None] == groups[image_row][None, :]
-    ranked = np.where(in_group, table, -np.inf)
-    i2t_hits = image_row[ranked.argmax(axis=1)] == np.arange(len(groups))
-    t2i_hits = ranked.argmax(axis=0) == image_row
+    i2t_hits = image_row[table.argmax(axis=1)] == np.arange(len(groups))
+    t2i_hits = table.argmax(axis=0) == image_row
     return {"i2t_r1": round(100 * float(i2t_hits.mean()), 2), "t2i_r1": round(100 * float(t2i_hits.mean()), 2)}
 
 
