@@ -118,6 +118,8 @@ def test_kill_9_resumes_and_the_same_seed_gives_the_same_result(features_project
         assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a), stage
     assert without_timings(json.loads((straight / "metrics/train_stage1.json").read_text())) == without_timings(stage1)
     assert without_timings(straight_eval) == without_timings(resumed_eval)
+    twins = straight_eval["twin_view"]  # the demo's images: R@1 within twin groups, every pair in a group scored
+    assert twins["pairs"] == 20 * straight_eval["images"] and set(twins["reranked"]) == {"i2t_r1", "t2i_r1"}
 
 
 def test_select_best_keeps_the_weights_with_the_best_val_rsum(features_project, tmp_path):
