@@ -4,8 +4,8 @@
     python -m tasks.ablations flags PRESET [--on BASE]     # the `dvc exp run -S ...` flags of a preset
     python -m tasks.ablations apply PRESET                 # run it in the workspace (`make demo`: demo-cpu)
     python -m tasks.ablations run PRESET... | --all [--on BASE]  # one isolated experiment each (--all: every ablation)
-    python -m tasks.ablations table [--on BASE] [--json]   # each preset's newest experiment; --json also writes
-                                                           # metrics/ablations.json and plots/ablations.csv
+    python -m tasks.ablations table [--on BASE] [--json | --markdown]  # each preset's newest experiment; --json
+                                                           # also writes metrics/ablations.json and plots/ablations.csv
 
 A preset file holds a description and `set`, overrides of params.yaml by dotted key. `--on BASE` applies another
 preset first: `run table3-no-action-knowledge --on demo-cpu` is that ablation on the demo's CPU budget, `--on
@@ -106,12 +106,14 @@ def experiment_name(preset: str, base: str | None) -> str:
 
 def run(names: list[str], known: dict[str, Preset], base: str | None = None,
         project_dir: Path = pipeline.PROJECT_DIR) -> None:
+    started = time.monotonic()
     for name in names:
         print(f"== {name}{f' on {base}' if base else ''}: {known[name].description}", flush=True)
         overrides = overrides_of([base, name] if base else [name], known)
         # Isolated: an experiment in the workspace would leave its overrides in params.yaml for the next preset.
         pipeline.reproduce("evaluate", overrides, project_dir, experiment_name=experiment_name(name, base),
                            isolated=True)
+    print(f"== {len(names)} presets in {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
 
 def apply(name: str, known: dict[str, Preset], project_dir: Path = pipeline.PROJECT_DIR) -> None:
@@ -175,20 +177,38 @@ def summary(results: dict[str, dict[str, Any]], order: list[str], known: dict[st
             "rows": rows, "not_run": [name for name in order if name not in results]}
 
 
+_COLUMNS = [(metric, metric, 8, 1) for metric in METRICS] + [
+    ("twin_i2t_r1", "twin i2t", 10, 1), ("twin_t2i_r1", "twin t2i", 10, 1), ("knowledge_effect", "knowl.", 8, 3)]
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    return ["-" if row.get(key) is None else f"{row[key]:.{digits}f}" for key, _, _, digits in _COLUMNS]
+
+
+def _not_run(table_summary: dict[str, Any]) -> list[str]:
+    if not table_summary["not_run"]:
+        return []
+    on = f" --on {table_summary['base']}" if table_summary["base"] else ""
+    return [f"(not run yet: {', '.join(table_summary['not_run'])}; "
+            f"`python -m tasks.ablations run {' '.join(table_summary['not_run'])}{on}`)"]
+
+
 def table(table_summary: dict[str, Any]) -> str:
     """The summary as text: a row per preset, zero-shot first."""
-    columns = [(metric, metric, 8, 1) for metric in METRICS] + [
-        ("twin_i2t_r1", "twin i2t", 10, 1), ("twin_t2i_r1", "twin t2i", 10, 1), ("knowledge_effect", "knowl.", 8, 3)]
-    header = f"{'preset':32s}" + "".join(f"{title:>{width}s}" for _, title, width, _ in columns)
+    header = f"{'preset':32s}" + "".join(f"{title:>{width}s}" for _, title, width, _ in _COLUMNS)
     lines = [header, "-" * len(header)]
     for name, row in table_summary["rows"].items():
-        cells = ["-" if row.get(key) is None else f"{row[key]:.{digits}f}" for key, _, _, digits in columns]
-        lines.append(f"{name:32s}" + "".join(f"{cell:>{width}s}" for cell, (_, _, width, _) in zip(cells, columns)))
-    if table_summary["not_run"]:
-        on = f" --on {table_summary['base']}" if table_summary["base"] else ""
-        lines.append(f"(not run yet: {', '.join(table_summary['not_run'])}; "
-                     f"`python -m tasks.ablations run {' '.join(table_summary['not_run'])}{on}`)")
-    return "\n".join(lines)
+        lines.append(f"{name:32s}" + "".join(f"{cell:>{width}s}" for cell, (_, _, width, _) in zip(_cells(row),
+                                                                                                   _COLUMNS)))
+    return "\n".join(lines + _not_run(table_summary))
+
+
+def markdown_table(table_summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table, for a README or a paper draft."""
+    lines = ["| preset | " + " | ".join(title for _, title, _, _ in _COLUMNS) + " |",
+             "|---|" + "---:|" * len(_COLUMNS)]
+    lines += [f"| {name} | " + " | ".join(_cells(row)) + " |" for name, row in table_summary["rows"].items()]
+    return "\n".join(lines + [f"\n{line}" for line in _not_run(table_summary)])
 
 
 def write_summary(table_summary: dict[str, Any], project_dir: Path = pipeline.PROJECT_DIR) -> None:
@@ -213,8 +233,10 @@ def main() -> None:
     run_parser.add_argument("names", nargs="*", help="presets to run")
     run_parser.add_argument("--all", action="store_true", help="every preset but the bases")
     table_parser = commands.add_parser("table")
-    table_parser.add_argument("--json", action="store_true",
+    table_format = table_parser.add_mutually_exclusive_group()
+    table_format.add_argument("--json", action="store_true",
                               help=f"print it as JSON and write {SUMMARY} and {SUMMARY_PLOT}")
+    table_format.add_argument("--markdown", action="store_true", help="print it as a Markdown table")
     for sub in (flags_parser, run_parser, table_parser):
         sub.add_argument("--on", dest="base", help="a preset applied first (e.g. demo-cpu)")
     args = parser.parse_args()
@@ -239,7 +261,7 @@ def main() -> None:
                 write_summary(table_summary)
                 print(json.dumps(table_summary, indent=2))
             else:
-                print(table(table_summary))
+                print(markdown_table(table_summary) if args.markdown else table(table_summary))
     except InputDataError as error:
         raise SystemExit(f"error: {error}") from None
     sys.stdout.flush()

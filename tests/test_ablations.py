@@ -117,6 +117,10 @@ def test_summary_lists_zero_shot_then_presets_in_order_and_what_is_missing(tmp_p
     assert lines[2].split()[0] == "zero-shot" and lines[2].split()[-3:] == ["25.0", "26.0", "-"]
     assert lines[3].split()[0] == "full" and lines[3].split()[-4:] == ["40.0", "50.0", "52.0", "1.000"]
     assert lines[-1] == "(not run yet: table2-state; `python -m tasks.ablations run table2-state --on demo-cpu`)"
+    markdown = ablations.markdown_table(summary).splitlines()
+    assert markdown[0].startswith("| preset | i2t_r1 |") and markdown[1] == "|---|" + "---:|" * 10
+    assert markdown[3] == "| full | " + " | ".join(["40.0"] * 7 + ["50.0", "52.0", "1.000"]) + " |"
+    assert markdown[-1] == lines[-1]
     ablations.write_summary(summary, tmp_path)
     assert json.loads((tmp_path / "metrics/ablations.json").read_text()) == summary
     plot = pd.read_csv(tmp_path / "plots/ablations.csv")
