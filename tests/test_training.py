@@ -50,7 +50,7 @@ def features_project(tmp_path_factory) -> Path:
     schemas.write(knowledge_from_truth(captions, truth), schemas.KNOWLEDGE, root / "data/processed/knowledge.parquet")
     clip = from_params(base_clip.ClipConfig, params_with(clip={
         "model": TINY_CLIP, "pretrained": "scratch", "device": "cpu",
-        "scratch": {"epochs": 1, "batch_size": 16, "corpus": "train"}}))
+        "scratch": {"epochs": 1, "batch_size": 16, "corpus": "train", "scene_supervision": 0.0}}))
     base_clip.run(clip, captions_path=captions_path, out_dir=root / "models/base_clip",
                   report_path=root / "reports/base_clip.json")
     features = from_params(featurize.FeaturizeConfig, params_with(featurize={"device": "cpu"}, llm={"max_triplets": 4}))
