@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The demo's LLM answers and its backbone come from the in-repo DVC remote `demo` (data/remote/): SmolLM2 on two
-# CPU cores needs 20-35 min for the answers and the scratch backbone 10 min, as a CLIP user downloads weights rather
+# CPU cores needs 20-35 min for the answers and the scratch backbone 32 min, as a CLIP user downloads weights rather
 # than training them (docs/demo.md). Then the pipeline as a DVC experiment in the workspace with the
 # demo's CPU budget (configs/experiments/demo-cpu.yaml; params.yaml trains as the paper does), under one local
 # Prefect server for the whole run (flows/local_server.py).

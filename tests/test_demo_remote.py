@@ -1,10 +1,12 @@
-"""`make demo` pulls the demo's LLM answers from the in-repo DVC remote `demo`: it must hold what dvc.lock names."""
+"""`make demo` pulls the demo's LLM answers and backbone from the in-repo DVC remote `demo`: it must hold what
+dvc.lock names."""
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from dvc.config import Config
 
@@ -19,9 +21,10 @@ def remote_object(md5: str) -> Path:
     return store / "files/md5" / md5[:2] / md5[2:]
 
 
-def test_the_demo_remote_holds_the_locked_llm_answers():
+@pytest.mark.parametrize(("stage", "path"), [("knowledge", paths.KNOWLEDGE_RAW), ("base_clip", paths.BASE_CLIP)])
+def test_the_demo_remote_holds_the_locked_stage_outputs(stage, path):
     lock = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text())
-    (out,) = [o for o in lock["stages"]["knowledge"]["outs"] if o["path"] == str(paths.KNOWLEDGE_RAW)]
+    (out,) = [o for o in lock["stages"][stage]["outs"] if o["path"] == str(path)]
     manifest = json.loads(remote_object(out["md5"]).read_text())
     assert manifest and len(manifest) == out["nfiles"]
     for entry in manifest:
