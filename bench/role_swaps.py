@@ -142,5 +142,6 @@ def main() -> None:
     print(f"test  re-ranked Rsum {recalls(reranked.i2t, reranked.t2i, row)['rsum']:.1f}; with the wrong candidates "
           f"below the right ones: {', '.join(bounds)}")
 
+
 if __name__ == "__main__":
     main()
