@@ -28,6 +28,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tasks import paths, schemas  # noqa: E402
+from tasks.evaluate.twins import twin_groups  # noqa: E402
 from tasks.ingest.demo import GROUP_SIZE, NOUNS  # noqa: E402
 from tasks.rerank.features import FeatureSplit  # noqa: E402
 from tasks.rerank.prefixes import PrefixSource  # noqa: E402
@@ -38,9 +39,14 @@ from tasks.train.model_files import load_model  # noqa: E402
 ROLE_SWAP, ACTION_SWAP = 1, 2  # member XOR this = the twin (members: scene, role swap, action swap, its role swap)
 
 
-def twin_caption_pairs(split: FeatureSplit, swap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def image_numbers(split: FeatureSplit) -> np.ndarray:
+    """Each image's demo number: number // GROUP_SIZE is its twin group, number % GROUP_SIZE its member."""
+    return split.images["image_id"].str.removeprefix("demo_").astype(int).to_numpy()
+
+
+def twin_caption_pairs(split: FeatureSplit, numbers: np.ndarray,
+                       swap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image rows, own caption rows, twin's same-template caption rows) over whole twin groups."""
-    numbers = split.images["image_id"].str.removeprefix("demo_").astype(int).to_numpy()
     row_of_number = {number: row for row, number in enumerate(numbers)}
     captions_of_image = [np.flatnonzero(split.image_row == image) for image in range(len(numbers))]
     images, own, twin = [], [], []
@@ -97,8 +103,9 @@ def main() -> None:
     args = parser.parse_args()
     model, preprocess, model_config = load_model(Path(args.model), device="cpu")
     splits = {name: FeatureSplit.load(name) for name in ("train", "test")}
-    if not all(split.images["image_id"].str.fullmatch(r"demo_\d+").all() for split in splits.values()):
+    if any(twin_groups(split.images["image_id"].tolist()) is None for split in splits.values()):
         raise SystemExit(f"{paths.FEATURES}: not the demo's images; role swaps exist on the demo only")
+    numbers = {name: image_numbers(split) for name, split in splits.items()}
     roles = {name: scene_roles(split) for name, split in splits.items()}
     train_features = splits["train"].image.astype(np.float32)
     agent_probe = linear_probe(train_features, roles["train"][0])
@@ -112,7 +119,7 @@ def main() -> None:
         text = split.text.astype(np.float32)
         image = split.image.astype(np.float32)
         for label, swap in (("role swap", ROLE_SWAP), ("action swap", ACTION_SWAP)):
-            images, own, twin = twin_caption_pairs(split, swap)
+            images, own, twin = twin_caption_pairs(split, numbers[name], swap)
             text_cos = np.einsum("pd,pd->p", text[own], text[twin]).mean()
             zero_shot = np.einsum("pd,pd->p", image[images], text[own] - text[twin]) > 0
             own_scores = score_pairs(model, source, split, images, own, 256, "cpu", progress=False)
@@ -130,10 +137,9 @@ def main() -> None:
 
     test = splits["test"]
     reranked = rerank(model, sources["test"], test, 256, "cpu", progress=False)
-    numbers = test.images["image_id"].str.removeprefix("demo_").astype(int).to_numpy()
     row = test.image_row
-    i2t_relation = twin_relation(np.arange(len(numbers))[:, None], row[reranked.i2t], numbers)
-    t2i_relation = twin_relation(row[:, None], reranked.t2i, numbers)
+    i2t_relation = twin_relation(np.arange(len(test.images))[:, None], row[reranked.i2t], numbers["test"])
+    t2i_relation = twin_relation(row[:, None], reranked.t2i, numbers["test"])
     bounds = []
     for label, relations in (("role swaps", [ROLE_SWAP]), ("every twin", [ROLE_SWAP, ACTION_SWAP, 3])):
         rsum = recalls(moved_last(reranked.i2t, np.isin(i2t_relation, relations)),
