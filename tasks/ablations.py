@@ -19,6 +19,7 @@ import copy
 import json
 import re
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -104,16 +105,32 @@ def experiment_name(preset: str, base: str | None) -> str:
     return f"ablation-{preset}{f'--{base}' if base else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def head_commit(project_dir: Path) -> str:
+    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True)
+    if found.returncode:
+        raise InputDataError(f"{project_dir}: DVC experiments need a git repository with a commit "
+                             f"({found.stderr.strip()})")
+    return found.stdout.strip()
+
+
 def run(names: list[str], known: dict[str, Preset], base: str | None = None,
         project_dir: Path = pipeline.PROJECT_DIR) -> None:
     started = time.monotonic()
+    started_on: dict[str, str] = {}
     for name in names:
         print(f"== {name}{f' on {base}' if base else ''}: {known[name].description}", flush=True)
         overrides = overrides_of([base, name] if base else [name], known)
+        # DVC files an experiment under the commit checked out when it starts; `table` reads HEAD's only.
+        started_on[name] = head_commit(project_dir)
         # Isolated: an experiment in the workspace would leave its overrides in params.yaml for the next preset.
         pipeline.reproduce("evaluate", overrides, project_dir, experiment_name=experiment_name(name, base),
                            isolated=True)
     print(f"== {len(names)} presets in {(time.monotonic() - started) / 60:.1f} min", flush=True)
+    head = head_commit(project_dir)
+    if earlier := [name for name in names if started_on[name] != head]:
+        print(f"== warning: HEAD moved to {head[:7]} during the run. These presets are experiments of an earlier "
+              f"commit, which `table` on {head[:7]} lists as not run: {' '.join(earlier)}. Run them again with\n"
+              f"   python -m tasks.ablations run {' '.join(earlier)}{f' --on {base}' if base else ''}", flush=True)
 
 
 def apply(name: str, known: dict[str, Preset], project_dir: Path = pipeline.PROJECT_DIR) -> None:

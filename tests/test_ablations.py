@@ -137,3 +137,33 @@ def test_all_runs_the_paper_rows_first_and_run_needs_names_or_all():
     refused = subprocess.run([sys.executable, "-m", "tasks.ablations", "run"], cwd=REPO_ROOT, capture_output=True,
                              text=True)
     assert refused.returncode != 0 and "--all" in refused.stderr
+
+
+def test_run_names_the_presets_a_commit_during_the_run_left_behind_and_needs_git(tmp_path, monkeypatch, capsys):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    git("commit", "-q", "--allow-empty", "-m", "before the run")
+    started: list[str] = []
+
+    def reproduce(stage, overrides, project_dir, experiment_name, isolated):  # the commit lands mid-run
+        started.append(experiment_name)
+        if len(started) == 1 and commit_during_run:
+            git("commit", "-q", "--allow-empty", "-m", "committed while the first preset ran")
+
+    monkeypatch.setattr(ablations.pipeline, "reproduce", reproduce)
+    names = ["full", "table5-one-stage", "table3-concat"]
+    commit_during_run = True
+    ablations.run(names, KNOWN, "demo-cpu", tmp_path)
+    warned = capsys.readouterr().out
+    assert "HEAD moved" in warned and "python -m tasks.ablations run full --on demo-cpu\n" in warned
+    commit_during_run = False
+    ablations.run(names, KNOWN, "demo-cpu", tmp_path)
+    assert len(started) == 6 and "HEAD moved" not in capsys.readouterr().out
+    outside = tmp_path / "no-repository"
+    outside.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # git must not find tmp_path's repository
+    with pytest.raises(InputDataError, match="no-repository: DVC experiments need a git repository"):
+        ablations.run(names, KNOWN, "demo-cpu", outside)
