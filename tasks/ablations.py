@@ -19,7 +19,6 @@ import copy
 import json
 import re
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -106,11 +105,9 @@ def experiment_name(preset: str, base: str | None) -> str:
 
 
 def head_commit(project_dir: Path) -> str:
-    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True)
-    if found.returncode:
-        raise InputDataError(f"{project_dir}: DVC experiments need a git repository with a commit "
-                             f"({found.stderr.strip()})")
-    return found.stdout.strip()
+    if (revision := pipeline.git_revision(project_dir)) is None:
+        raise InputDataError(f"{project_dir}: DVC experiments need a git repository with a commit")
+    return revision
 
 
 def run(names: list[str], known: dict[str, Preset], base: str | None = None,

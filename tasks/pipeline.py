@@ -32,6 +32,12 @@ def project_copy(target: Path, source: Path = PROJECT_DIR) -> Path:
     return target
 
 
+def git_revision(project_dir: str | Path) -> str | None:
+    """The commit checked out in `project_dir`, or None outside a git repository with a commit."""
+    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True)
+    return found.stdout.strip() or None
+
+
 def param_overrides(set_params: Mapping[str, Any]) -> list[str]:
     """{"data.source": "table", "llm.base_urls": [...]} -> ["data.source=table", 'llm.base_urls=[...]'] (dvc -S)."""
     return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in set_params.items()]

@@ -7,12 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tasks import paths
-
-
-def _git_revision(project_dir: Path) -> str | None:
-    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True)
-    return found.stdout.strip() or None
+from tasks import paths, pipeline
 
 
 def _metrics_at(project_dir: Path, revision: str) -> str:
@@ -29,7 +24,7 @@ def record(project_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
         (project_dir / paths.EVAL_METRICS).read_text(encoding="utf-8")
     metrics = json.loads(text)
     entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "git_revision": revisions[0] if revisions else _git_revision(project_dir), **run, "split": metrics["split"],
+             "git_revision": revisions[0] if revisions else pipeline.git_revision(project_dir), **run, "split": metrics["split"],
              "zero_shot": metrics["zero_shot"], "reranked": metrics["reranked"]}
     history_file = project_dir / paths.EVAL_HISTORY
     history_file.parent.mkdir(parents=True, exist_ok=True)
